@@ -455,13 +455,32 @@ def to_dgl(gd: GraphData):
 
 
 @dataclass
+class QuotientBatch:
+    """The symmetry-reduced form of a batch (``bench.quotient``): ``g`` has one node per atom class (ndata
+    ``Z``, ``n`` = class size) and one edge per bond class (edata ``d``, ``n`` = class size, ``w`` = multiplicity:
+    bonds of the class entering one atom of the destination class); ``lg`` likewise over bond classes, with one
+    edge per triplet class (ndata ``n``; edata ``cos``, ``n``, ``w``); ``atom_class`` (N,) maps every atom of the batch to its node
+    in ``g``. Graph boundaries are kept (classes never span two crystals): ``g.batch_num_nodes()``."""
+
+    g: Any
+    lg: Any
+    atom_class: Any
+
+    def to(self, device) -> "QuotientBatch":
+        return QuotientBatch(self.g.to(device), None if self.lg is None else self.lg.to(device),
+                             self.atom_class.to(device))
+
+
+@dataclass
 class Batch:
-    """A batch of crystal graphs: ``g`` (batched DGL graph), ``lg`` (batched line graph or None), ``y`` (B,)."""
+    """A batch of crystal graphs: ``g`` (batched DGL graph), ``lg`` (batched line graph or None), ``y`` (B,),
+    and ``q``, the symmetry-reduced form, when collated with ``quotient=True`` (encoders that support it use it)."""
 
     g: Any
     lg: Any
     y: Any
     num_graphs: int
+    q: QuotientBatch | None = None
 
     def to(self, device) -> "Batch":
         return Batch(
@@ -469,6 +488,7 @@ class Batch:
             None if self.lg is None else self.lg.to(device),
             None if self.y is None else self.y.to(device),
             self.num_graphs,
+            None if self.q is None else self.q.to(device),
         )
 
 
@@ -487,8 +507,9 @@ def _batched_graph(src_parts, dst_parts, node_counts, edge_counts):
     return g
 
 
-def collate(items: Sequence[tuple[GraphData, float | None]]) -> Batch:
-    """Batch (GraphData, target) pairs into one DGL graph (and line graph), built from concatenated arrays.
+def collate(items: Sequence[tuple[GraphData, float | None]], quotient: bool = False) -> Batch:
+    """Batch (GraphData, target) pairs into one DGL graph (and line graph), built from concatenated arrays;
+    with ``quotient``, also the symmetry-reduced graphs (``Batch.q``).
 
     Equivalent to ``dgl.batch([to_dgl(gd)[0] ...])`` but without building B small graphs.
     """
@@ -518,7 +539,46 @@ def collate(items: Sequence[tuple[GraphData, float | None]]) -> Batch:
         raise ValueError("collate: some targets are None and some are not")
     else:
         y = torch.tensor(np.asarray(ys, dtype=np.float64), dtype=torch.float32)
-    return Batch(g, lg, y, len(items))
+    return Batch(g, lg, y, len(items), _quotient_batch(gds) if quotient else None)
+
+
+def collate_quotient(items: Sequence[tuple[GraphData, float | None]]) -> Batch:
+    """``collate(items, quotient=True)``: a picklable collate_fn for DataLoaders."""
+    return collate(items, quotient=True)
+
+
+def _quotient_batch(gds: Sequence[GraphData]) -> QuotientBatch:
+    import torch
+
+    from bench.quotient import quotient_of
+
+    qs = [quotient_of(gd) for gd in gds]
+    n_atoms = [q.num_atom_classes for q in qs]
+    n_bonds = [q.num_edge_classes for q in qs]
+
+    def f32(parts):
+        return torch.from_numpy(np.concatenate(parts).astype(np.float32))
+
+    # a bond class's endpoints are the classes of its representative's endpoints (the same for every member)
+    g = _batched_graph([q.atom_class[gd.src[q.edge_rep]] for gd, q in zip(gds, qs)],
+                       [q.atom_class[gd.dst[q.edge_rep]] for gd, q in zip(gds, qs)], n_atoms, n_bonds)
+    g.ndata["Z"] = torch.from_numpy(np.concatenate([gd.numbers[q.atom_rep] for gd, q in zip(gds, qs)]).astype(np.int64))
+    g.ndata["n"] = f32([q.atom_size for q in qs])
+    g.edata["d"] = f32([gd.dist[q.edge_rep] for gd, q in zip(gds, qs)])
+    g.edata["n"] = f32([q.edge_size for q in qs])
+    g.edata["w"] = f32([q.edge_size / q.atom_size[q.atom_class[gd.dst[q.edge_rep]]] for gd, q in zip(gds, qs)])
+    lg = None
+    if gds[0].lg_src is not None:
+        lg = _batched_graph([q.edge_class[gd.lg_src[q.trip_rep]] for gd, q in zip(gds, qs)],
+                            [q.edge_class[gd.lg_dst[q.trip_rep]] for gd, q in zip(gds, qs)], n_bonds,
+                            [q.num_trip_classes for q in qs])
+        lg.ndata["n"] = g.edata["n"]  # the line graph's nodes are the bond classes
+        lg.edata["cos"] = f32([gd.cos[q.trip_rep] for gd, q in zip(gds, qs)])
+        lg.edata["n"] = f32([q.trip_size for q in qs])
+        lg.edata["w"] = f32([q.trip_size / q.edge_size[q.edge_class[gd.lg_dst[q.trip_rep]]] for gd, q in zip(gds, qs)])
+    base = np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64)
+    atom_class = torch.from_numpy(np.concatenate([q.atom_class + b for q, b in zip(qs, base)]).astype(np.int64))
+    return QuotientBatch(g, lg, atom_class)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -212,13 +212,17 @@ def identity(p: Prepared, dataset_key: str) -> dict[str, Any]:
         "table_hash": p.featurizer.table_hash,
         "fraction": float(cfg.fraction),
         "seed": int(cfg.seed),
-        # the reference featurizer named in the encoder yaml is a default, not a number-determining setting
-        "train_settings": {k: v for k, v in to_dict(p.settings).items() if k != "featurizer"},
+        # the reference featurizer named in the encoder yaml is a default, not a number-determining setting;
+        # symmetry_reduce changes how the same function is evaluated (float rounding only), like the device
+        "train_settings": {k: v for k, v in to_dict(p.settings).items() if k not in _NOT_IDENTITY},
         "limits": {"train": cfg.train_limit, "val": cfg.val_limit, "test": cfg.test_limit},
         "graph_spec": p.graph_spec,
         "graph_code_version": GRAPH_CODE_VERSION,
         "run_code_version": RUN_CODE_VERSION,
     }
+
+
+_NOT_IDENTITY = ("featurizer", "symmetry_reduce")
 
 
 # ---- data -------------------------------------------------------------------------------------------------
@@ -419,4 +423,5 @@ def _train(p: Prepared, data, base: dict, t0: float) -> dict:
         "predictions": {"ids": res.test_ids, "targets": res.test_targets, "predictions": res.test_predictions},
         "curve": {"train_loss": res.train_loss, "val_mae": res.val_curve, "epoch_time_s": res.epoch_time_s,
                   "lr": res.lr},
+        "symmetry_reduction": res.extra.get("symmetry_reduction"),
     }

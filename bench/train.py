@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.graphs import collate
+from bench.graphs import collate, collate_quotient
 
 
 class TrainingError(RuntimeError):
@@ -163,22 +163,33 @@ def build_loss(settings: Any) -> nn.Module:
     raise TrainingError("train settings: " + suggest(name, ["mse", "l1"], "loss"))
 
 
-def _loader(split: Split, y: np.ndarray | None, batch_size: int, shuffle: bool, generator=None):
+def _loader(split: Split, y: np.ndarray | None, batch_size: int, shuffle: bool, generator=None,
+            quotient: bool = False):
     items = [(g, None if y is None else float(v)) for g, v in zip(split.graphs, y if y is not None else [None] * len(split))]
     return torch.utils.data.DataLoader(
-        items, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator, num_workers=0
+        items, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_quotient if quotient else collate,
+        generator=generator, num_workers=0
     )
+
+
+def uses_quotient(encoder: nn.Module, settings: Any = None) -> bool:
+    """Whether batches for ``encoder`` get symmetry-reduced graphs: the encoder supports them and the settings
+    (``symmetry_reduce``, default on) allow them."""
+    return bool(getattr(encoder, "supports_quotient", False)) and bool(_setting(settings, "symmetry_reduce", True))
 
 
 @torch.no_grad()
 def predict(encoder: nn.Module, split: Split, device: torch.device, batch_size: int = 64,
-            mean: float = 0.0, std: float = 1.0) -> np.ndarray:
-    """Predictions in the task's unit (de-standardised with ``mean`` and ``std``), in split order."""
+            mean: float = 0.0, std: float = 1.0, quotient: bool | None = None) -> np.ndarray:
+    """Predictions in the task's unit (de-standardised with ``mean`` and ``std``), in split order.
+    ``quotient``: symmetry-reduced batches (default: whenever the encoder supports them)."""
     was_training = encoder.training
     encoder.eval()
     out = []
+    if quotient is None:
+        quotient = uses_quotient(encoder)
     try:
-        for batch in _loader(split, None, batch_size, shuffle=False):
+        for batch in _loader(split, None, batch_size, shuffle=False, quotient=quotient):
             pred = encoder(batch.to(device)).pred
             out.append(pred.detach().double().cpu().numpy().reshape(-1))
     finally:
@@ -229,7 +240,13 @@ def train_supervised(
     loss_fn = build_loss(settings)
     gen = torch.Generator()
     gen.manual_seed(int(seed))
-    loader = _loader(train_data, y_train, batch_size, shuffle=True, generator=gen)
+    quotient = uses_quotient(encoder, settings)
+    symmetry = None
+    if quotient:  # classes computed once per graph here (memoised), reported in the record
+        from bench.quotient import quotient_of, reduction
+
+        symmetry = reduction(quotient_of(g) for g in train_data.graphs)
+    loader = _loader(train_data, y_train, batch_size, shuffle=True, generator=gen, quotient=quotient)
     sched, sched_every = build_scheduler(opt, settings, epochs, len(loader))
     eval_bs = max(batch_size, 64)
 
@@ -267,7 +284,7 @@ def train_supervised(
                     count += batch.num_graphs
                 if sched is not None and sched_every == "epoch":
                     sched.step()
-                val_pred = predict(encoder, val_data, device, eval_bs, mean, std)
+                val_pred = predict(encoder, val_data, device, eval_bs, mean, std, quotient)
                 val_mae = float(np.mean(np.abs(val_pred - val_data.targets)))
                 if not math.isfinite(val_mae):
                     raise TrainingError(f"validation MAE became {val_mae} at epoch {epoch}")
@@ -285,7 +302,7 @@ def train_supervised(
                     bar.set_postfix(loss=f"{train_loss[-1]:.4g}", val_mae=f"{val_mae:.4g}", best=best_epoch)
             assert best_state is not None
             encoder.load_state_dict(best_state)
-            test_pred = predict(encoder, test_data, device, eval_bs, mean, std)
+            test_pred = predict(encoder, test_data, device, eval_bs, mean, std, quotient)
     finally:
         if bar is not None:
             bar.close()
@@ -308,4 +325,5 @@ def train_supervised(
         n_params=n_params,
         n_params_total=n_total,
         wall_time_s=time.perf_counter() - t0,
+        extra={"symmetry_reduction": symmetry},
     )

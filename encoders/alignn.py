@@ -41,7 +41,7 @@ from torch.nn import functional as F
 from bench.registry import register_encoder
 
 from .base import Encoder, EncoderOutput
-from .layers import LinearBNSiLU, alignn_basis
+from .layers import LinearBNSiLU, alignn_basis, batch_norm
 
 
 class EdgeGatedGraphConv(nn.Module):
@@ -57,20 +57,29 @@ class EdgeGatedGraphConv(nn.Module):
         self.bn_edges = nn.BatchNorm1d(width)
 
     def forward(
-        self, g: dgl.DGLGraph, h: torch.Tensor, e: torch.Tensor, update_edges: bool = True
+        self, g: dgl.DGLGraph, h: torch.Tensor, e: torch.Tensor, update_edges: bool = True, quotient: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``quotient``: ``g`` is a symmetry-reduced graph (``bench.quotient``) whose ndata/edata ``n`` (class
+        sizes) weight the batch norms and edata ``w`` (multiplicities) weight the two sums."""
         a, b, d, msg = self.node_linear(h).split(self.width, dim=-1)
         # m = A h_u + B h_v + C e_uv: C's bias is added per node (N rows, not E), and "+ C e" is fused into the
         # GEMM (addmm), so the per-edge work is one gather-add and one GEMM, with no extra (E, width) pass.
         ab = dgl.ops.u_add_v(g, a + self.edge_gate.bias, b)
         m = torch.addmm(ab, e, self.edge_gate.weight.T)
         s = torch.sigmoid(m)
-        num = dgl.ops.u_mul_e_sum(g, msg, s)
-        den = dgl.ops.copy_e_sum(g, s)
-        h_new = h + F.silu(self.bn_nodes(d + num / (den + 1e-6)))
+        sw = s * g.edata["w"].unsqueeze(-1) if quotient else s
+        num = dgl.ops.u_mul_e_sum(g, msg, sw)
+        den = dgl.ops.copy_e_sum(g, sw)
+        h_new = h + F.silu(batch_norm(self.bn_nodes, d + num / (den + 1e-6), g.ndata["n"] if quotient else None))
         if not update_edges:  # the caller discards the edge output: skip BN + SiLU over every edge
             return h_new, None
-        return h_new, e + F.silu(self.bn_edges(m))
+        return h_new, e + F.silu(batch_norm(self.bn_edges, m, g.edata["n"] if quotient else None))
+
+
+def _embed(mlp: nn.Sequential, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    for layer in mlp:  # LinearBNSiLU blocks, batch norm weighted by class sizes on a quotient
+        x = layer(x, weight)
+    return x
 
 
 class ALIGNNLayer(nn.Module):
@@ -79,9 +88,9 @@ class ALIGNNLayer(nn.Module):
         self.node_update = EdgeGatedGraphConv(width)
         self.edge_update = EdgeGatedGraphConv(width)
 
-    def forward(self, g, lg, h, e, t, update_angles: bool = True):
-        h, m = self.node_update(g, h, e)
-        e, t = self.edge_update(lg, m, t, update_edges=update_angles)
+    def forward(self, g, lg, h, e, t, update_angles: bool = True, quotient: bool = False):
+        h, m = self.node_update(g, h, e, quotient=quotient)
+        e, t = self.edge_update(lg, m, t, update_edges=update_angles, quotient=quotient)
         return h, e, t
 
 
@@ -90,6 +99,7 @@ class ALIGNN(Encoder):
     """ALIGNN (Choudhary & DeCost 2021): edge-gated convolutions on the atom graph and its bond-angle line graph."""
 
     graph_spec: ClassVar[str] = "alignn"
+    supports_quotient: ClassVar[bool] = True
 
     @dataclass(frozen=True)
     class Config:
@@ -119,21 +129,32 @@ class ALIGNN(Encoder):
         self.embedding_dim = c.hidden
 
     def forward(self, batch, atom_mask: torch.Tensor | None = None) -> EncoderOutput:
-        g, lg = batch.g, batch.lg
-        h = self.atom_embedding(self.atom_input(batch, atom_mask))
-        e = self.edge_embedding(self.edge_rbf(g.edata["d"]))
+        # The symmetry-reduced graphs compute the same function (bench.quotient); a per-atom mask breaks the
+        # symmetry they rely on, so it always takes the full graphs.
+        q = batch.q if atom_mask is None else None
+        g, lg = (batch.g, batch.lg) if q is None else (q.g, q.lg)
+        x = self.atom_input(batch, atom_mask) if q is None else self.featurizer(g.ndata["Z"])
+        nw, ew = (None, None) if q is None else (g.ndata["n"], g.edata["n"])
+        h = self.atom_embedding(x, nw)
+        e = _embed(self.edge_embedding, self.edge_rbf(g.edata["d"]), ew)
         if self.alignn_layers:
             if lg is None:
                 raise ValueError("ALIGNN needs the line graph: build the batch with the 'alignn' graph spec")
-            t = self.angle_embedding(self.angle_rbf(lg.edata["cos"].clamp(-1.0, 1.0)))
+            tw = None if q is None else lg.edata["n"]
+            t = _embed(self.angle_embedding, self.angle_rbf(lg.edata["cos"].clamp(-1.0, 1.0)), tw)
             last = len(self.alignn_layers) - 1
             for k, layer in enumerate(self.alignn_layers):
-                h, e, t = layer(g, lg, h, e, t, update_angles=k < last)
+                h, e, t = layer(g, lg, h, e, t, update_angles=k < last, quotient=q is not None)
         last = len(self.gcn_layers) - 1
         for k, conv in enumerate(self.gcn_layers):
-            h, e = conv(g, h, e, update_edges=k < last)
-        pooled = dgl.ops.segment_reduce(g.batch_num_nodes(), h, "mean")
-        return EncoderOutput(node=h, pred=self.fc(pooled).squeeze(-1))
+            h, e = conv(g, h, e, update_edges=k < last, quotient=q is not None)
+        if q is None:
+            pooled = dgl.ops.segment_reduce(g.batch_num_nodes(), h, "mean")
+            return EncoderOutput(node=h, pred=self.fc(pooled).squeeze(-1))
+        # mean over atoms = class-size-weighted sum over classes / atoms per crystal
+        atoms = batch.g.batch_num_nodes().to(h.dtype).unsqueeze(-1)
+        pooled = dgl.ops.segment_reduce(g.batch_num_nodes(), h * nw.unsqueeze(-1), "sum") / atoms
+        return EncoderOutput(node=h[q.atom_class], pred=self.fc(pooled).squeeze(-1))
 
     @staticmethod
     def convert_reference_state_dict(ref: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

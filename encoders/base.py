@@ -31,6 +31,10 @@ class Encoder(nn.Module):
     graph_spec: ClassVar[str]
     Config: ClassVar[type]
     embedding_dim: int
+    # True if ``forward`` uses ``batch.q``, the symmetry-reduced graphs (bench.quotient), when a batch has them:
+    # only for encoders whose features are invariant functions of Z, distances and angles with sum/mean
+    # aggregation (a direction-dependent encoder such as CartNet must not).
+    supports_quotient: ClassVar[bool] = False
 
     def __init__(self, config: Any, featurizer: nn.Module) -> None:
         super().__init__()
@@ -113,6 +117,9 @@ class TrainSettings:
     loss: str = "mse"  # mse | l1
     batch_size: int = 64
     epochs: int = 300
+    # Evaluate on symmetry-reduced graphs where the encoder supports it (bench.quotient): the same function,
+    # equal up to float rounding, several times less work on crystals. Not part of a run's identity.
+    symmetry_reduce: bool = True
 
     def __post_init__(self) -> None:
         for key, allowed in (("optimizer", ("sgd", "adam", "adamw")), ("scheduler", ("onecycle", "cosine", "none")),

@@ -92,8 +92,28 @@ class LinearBNSiLU(nn.Module):
         self.linear = nn.Linear(n_in, n_out)
         self.bn = nn.BatchNorm1d(n_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.silu(self.bn(self.linear(x)))
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return F.silu(batch_norm(self.bn, self.linear(x), weight))
+
+
+def batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``bn(x)``, or, with ``weight`` (M,) in training mode, batch norm over a multiset in which row i occurs
+    ``weight[i]`` times (a symmetry-reduced batch, ``bench.quotient``): the same normalisation, affine map and
+    running-statistics update (momentum, unbiased running variance) as ``bn`` applied to the expanded rows."""
+    if weight is None or not bn.training:
+        return bn(x)
+    if bn.momentum is None or not bn.track_running_stats:
+        raise ValueError("weighted batch_norm supports BatchNorm1d with running statistics and a momentum only")
+    total = weight.sum()
+    p = weight / total
+    mean = p @ x
+    xc = x - mean
+    var = p @ xc.square()
+    with torch.no_grad():  # no host sync on a GPU: a single row (total 1) is not checked, as bn(x) would
+        bn.num_batches_tracked.add_(1)
+        bn.running_mean.lerp_(mean, bn.momentum)
+        bn.running_var.lerp_(var * (total / (total - 1).clamp_min(1.0)), bn.momentum)
+    return torch.addcmul(bn.bias, xc, torch.rsqrt(var + bn.eps) * bn.weight)
 
 
 class SoftPlus2MLP(nn.Module):

@@ -1,0 +1,203 @@
+"""Symmetry-reduced graphs: equivalence classes of atoms, bonds and bond-angle triplets of one crystal graph.
+
+An invariant message-passing network whose inputs are atomic numbers, bond lengths and angle cosines, and whose
+aggregations are sums (or means) over incoming edges (ALIGNN is one), computes the same features on two atoms,
+two bonds or two triplets that colour refinement (1-dimensional Weisfeiler-Leman, run jointly on the atom graph
+and its line graph) cannot tell apart: by induction over layers, equal inputs and equal multisets of incoming
+(neighbour, edge) classes give equal outputs. Crystal graphs are highly symmetric (Wyckoff orbits, site
+symmetry), so such a network can be evaluated on one representative per class, with
+
+- each quotient edge carrying its multiplicity (how many edges of that class enter one member of the
+  destination class) in the sums,
+- batch-norm statistics and mean pooling weighted by class sizes.
+
+That is the same function of the parameters, so values and gradients match the full graph up to float rounding
+(tests/test_quotient.py). Inputs equal to within ``QUOTIENT_TOL`` (Å for distances, unitless for cosines) are
+treated as equal, and the representative's value is used: well below the float32 resolution of the model's
+inputs at that scale (about 5e-7 Å at 4 Å) times the spread of symmetry-equivalent values in relaxed JARVIS
+structures. Refinement runs once per graph (memoised on the GraphData); its partition is verified equitable
+before use, so a hash collision can never silently change the function.
+
+Numpy only; ``bench.graphs.collate(..., quotient=True)`` builds the DGL quotient graphs from these classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Inputs (distances in Å, cosines) closer than this are one class; single linkage over sorted values, so values
+# straddling a rounding boundary are never split.
+QUOTIENT_TOL = 1e-5
+# Refinement stops when no class splits; crystal graphs settle in 2-5 rounds, this is a safety bound.
+MAX_ROUNDS = 64
+
+
+class QuotientError(RuntimeError):
+    """The partition found is not equitable (a hash collision): the quotient would change the function."""
+
+
+@dataclass(eq=False)
+class Quotient:
+    """Classes of one graph. ``*_class`` map members to classes (0..K-1); ``*_rep`` is each class's first member;
+    ``*_size`` its number of members."""
+
+    atom_class: np.ndarray
+    edge_class: np.ndarray
+    trip_class: np.ndarray | None
+    atom_rep: np.ndarray
+    edge_rep: np.ndarray
+    trip_rep: np.ndarray | None
+    atom_size: np.ndarray
+    edge_size: np.ndarray
+    trip_size: np.ndarray | None
+    rounds: int
+
+    @property
+    def num_atom_classes(self) -> int:
+        return len(self.atom_rep)
+
+    @property
+    def num_edge_classes(self) -> int:
+        return len(self.edge_rep)
+
+    @property
+    def num_trip_classes(self) -> int:
+        return 0 if self.trip_rep is None else len(self.trip_rep)
+
+
+def _clusters(x: np.ndarray, tol: float) -> np.ndarray:
+    """Labels of single-linkage clusters of the values ``x`` at distance ``tol`` (sorted-gap splitting)."""
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(x, kind="stable")
+    new = np.concatenate([[0], (np.diff(x[order]) > tol).astype(np.int64)])
+    labels = np.empty(len(x), dtype=np.int64)
+    labels[order] = np.cumsum(new)
+    return labels
+
+
+def _relabel(*cols: np.ndarray) -> np.ndarray:
+    """Dense ids 0..K-1 of the distinct rows of the given integer columns (ordered by row value)."""
+    if len(cols[0]) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if len(cols) == 1:
+        return np.unique(cols[0], return_inverse=True)[1].reshape(-1).astype(np.int64)
+    rows = np.stack([np.asarray(c).astype(np.int64, copy=False) for c in cols], axis=1)
+    return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
+def _multiset_hash(group: np.ndarray, key: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Per group, an order-free hash of the multiset of its keys: the wrapping sum of random 64-bit codes."""
+    kid = _relabel(key)
+    codes = rng.integers(0, 2**63 - 1, size=int(kid.max()) + 1 if len(kid) else 0, dtype=np.int64).astype(np.uint64)
+    out = np.zeros(n, dtype=np.uint64)
+    np.add.at(out, group, codes[kid])
+    return out.view(np.int64)
+
+
+def _classes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first member, size) of each class 0..K-1."""
+    k = int(labels.max()) + 1 if len(labels) else 0
+    rep = np.full(k, len(labels), dtype=np.int64)
+    np.minimum.at(rep, labels, np.arange(len(labels), dtype=np.int64))
+    return rep, np.bincount(labels, minlength=k).astype(np.int64)
+
+
+def _check_equitable(member_class: np.ndarray, in_group: np.ndarray, in_class: np.ndarray, what: str) -> None:
+    """Every member of a class has the same number of incoming items of each class (zero included)."""
+    if len(in_group) == 0:
+        return
+    pairs, counts = np.unique(np.stack([in_group, in_class], axis=1), axis=0, return_counts=True)
+    cls_pair = _relabel(member_class[pairs[:, 0]], pairs[:, 1])  # (member class, incoming class)
+    same_count = len(np.unique(np.stack([cls_pair, counts], axis=1), axis=0)) == int(cls_pair.max()) + 1
+    first = np.unique(cls_pair, return_index=True)[1]
+    members_with = np.bincount(cls_pair)  # members of the class that have such incoming items
+    all_have = np.array_equal(members_with, np.bincount(member_class)[member_class[pairs[first, 0]]])
+    if not (same_count and all_have):
+        raise QuotientError(f"colour refinement: the {what} classes are not equitable (a hash collision); "
+                            "run without the symmetry reduction")
+
+
+def refine(
+    numbers: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    dist: np.ndarray,
+    lg_src: np.ndarray | None = None,
+    lg_dst: np.ndarray | None = None,
+    cos: np.ndarray | None = None,
+    tol: float = QUOTIENT_TOL,
+) -> Quotient:
+    """Coarsest equitable partition (colour refinement) of atoms, directed bonds and (if given) line-graph edges.
+
+    Atoms start from Z, bonds from their length, triplets from their cosine. Each round: a bond's class joins its
+    own, its two atoms' and the multiset of (triplet, source bond) classes entering it in the line graph; an atom's
+    joins its own and the multiset of (bond, source atom) classes entering it; a triplet's joins its own and its
+    two bonds'. Stops when no class splits.
+    """
+    src = np.asarray(src, dtype=np.int64)
+    dst = np.asarray(dst, dtype=np.int64)
+    n, e = len(numbers), len(src)
+    has_lg = lg_src is not None
+    rng = np.random.default_rng(0x5EED)  # fixed: the same graph always gets the same classes
+    ca = _relabel(np.asarray(numbers, dtype=np.int64))
+    ce = _clusters(dist, tol)
+    ce = _relabel(ce, ca[src], ca[dst])
+    if has_lg:
+        ls = np.asarray(lg_src, dtype=np.int64)
+        ld = np.asarray(lg_dst, dtype=np.int64)
+        ct = _relabel(_clusters(cos, tol), ce[ls], ce[ld])
+    sizes = (-1, -1, -1)
+    rounds = 0
+    while rounds < MAX_ROUNDS:
+        rounds += 1
+        if has_lg:
+            key = ct * (int(ce.max()) + 1) + ce[ls]
+            ce = _relabel(ce, ca[src], ca[dst], _multiset_hash(ld, key, e, rng))
+        else:
+            ce = _relabel(ce, ca[src], ca[dst])
+        key = ce * (int(ca.max()) + 1) + ca[src]
+        ca = _relabel(ca, _multiset_hash(dst, key, n, rng))
+        ce = _relabel(ce, ca[src], ca[dst])
+        if has_lg:
+            ct = _relabel(ct, ce[ls], ce[ld])
+        new = (int(ca.max()) + 1 if n else 0, int(ce.max()) + 1 if e else 0, int(ct.max()) + 1 if has_lg and len(ct) else 0)
+        if new == sizes:
+            break
+        sizes = new
+    _check_equitable(ca, dst, ce, "atom")
+    if has_lg:
+        _check_equitable(ce, ld, ct, "bond")
+    atom_rep, atom_size = _classes(ca)
+    edge_rep, edge_size = _classes(ce)
+    trip_rep = trip_size = None
+    if has_lg:
+        trip_rep, trip_size = _classes(ct)
+    return Quotient(ca, ce, ct if has_lg else None, atom_rep, edge_rep, trip_rep, atom_size, edge_size, trip_size,
+                    rounds)
+
+
+def quotient_of(gd, tol: float = QUOTIENT_TOL) -> Quotient:
+    """The classes of a ``bench.graphs.GraphData``, computed once per object and tolerance (memoised on it)."""
+    memo = getattr(gd, "_quotient", None)
+    if memo is not None and memo[0] == tol:
+        return memo[1]
+    q = refine(gd.numbers, gd.src, gd.dst, gd.dist, gd.lg_src, gd.lg_dst, gd.cos, tol)
+    gd._quotient = (tol, q)
+    return q
+
+
+def reduction(quotients) -> dict[str, float]:
+    """Members / classes of atoms, bonds and triplets summed over graphs (how much work the quotient saves)."""
+    qs = list(quotients)
+    out = {}
+    for what, cls, size in (("atoms", "atom_rep", "atom_size"), ("bonds", "edge_rep", "edge_size"),
+                            ("triplets", "trip_rep", "trip_size")):
+        members = sum(int(getattr(q, size).sum()) for q in qs if getattr(q, size) is not None)
+        classes = sum(len(getattr(q, cls)) for q in qs if getattr(q, cls) is not None)
+        if classes:
+            out[what] = members / classes
+    return out
