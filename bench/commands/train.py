@@ -47,8 +47,15 @@ def summary(rec: dict) -> str:
         f"{rec['task']} | {rec['encoder']} + {rec['features_label']} | fraction {rec['fraction']:g} seed {rec['seed']}"
         f" | n_train {rec['n_train']} | val MAE {rec['val_mae']:.4g} {unit} | test MAE {rec['test_mae']:.4g} {unit}"
         f" | epoch {rec['selected_epoch']}/{rec['epochs_run']} | {rec['wall_time_s']:.1f} s on {rec['device']}"
-        f" | run {rec['run_id']}"
+        f" | run {rec['run_id']}" + _symmetry(rec)
     )
+
+
+def _symmetry(rec: dict) -> str:
+    red = rec.get("symmetry_reduction")
+    if not red:
+        return ""
+    return " | symmetry-reduced graphs: " + ", ".join(f"{k} {v:.2f}x" for k, v in red.items())
 
 
 def _named_errors() -> tuple[type[BaseException], ...]:
