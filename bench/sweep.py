@@ -53,6 +53,9 @@ class Suite:
     pretrain_corpus: str | None = None
     corpus_limit: int | None = None
     pretrain_batch_size: int | None = None
+    # also drop corpus structures that match an excluded val/test structure from another source (the MP copy of
+    # a JARVIS test material); ids alone are the default (bench pretrain --match-structures)
+    match_structures: bool = False
     batch_size: int | None = None  # None: the encoder's reference batch size
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -257,6 +260,8 @@ def pretrain_config(plan: SweepPlan, objective: str) -> dict:
                      ("corpus_limit", s.corpus_limit), ("batch_size", s.pretrain_batch_size)):
         if src is not None:
             cfg[key] = src
+    if s.match_structures:  # only when set: tables cached without it keep their key
+        cfg["match_structures"] = True
     return cfg
 
 

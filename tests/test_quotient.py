@@ -14,8 +14,8 @@ from bench.featurizers import build_featurizer
 from bench.graphs import build_graph, collate
 from bench.quotient import QuotientError, _check_equitable, quotient_of, reduction, refine
 from bench.structures import Structure
-from encoders.layers import batch_norm
-from tests.fixture_data import load_fixture_structures
+from bench.encoders.layers import batch_norm
+from fixture_data import load_fixture_structures
 
 SMALL_ALIGNN = {"hidden": 24, "embedding_features": 8, "alignn_layers": 2, "gcn_layers": 2}
 

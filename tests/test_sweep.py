@@ -109,6 +109,14 @@ def test_grid_covers_every_trial_once(tmp_path):
     # the pretraining corpus excludes the evaluated tasks' val/test structures (leakage rule)
     pc = sweep.pretrain_config(plan, "crysatom")
     assert pc["exclude_tasks"] == list(plan.suite.tasks) and pc["dim"] == 200 and pc["corpus"] == "sample"
+    assert "match_structures" not in pc  # ids only by default: cached tables keep their key
+    # --match-structures reaches pretraining and gives a differently keyed table
+    from bench.pretrain import as_config, canonical_identity
+
+    matched = dataclasses.replace(plan, suite=sweep.override(plan.suite, match_structures=True))
+    pm = sweep.pretrain_config(matched, "crysatom")
+    assert as_config(pm).match_structures is True
+    assert canonical_identity(pm) != canonical_identity(pc)
 
 
 def test_pretrained_tables_are_kept_in_the_store(tmp_path, monkeypatch):
@@ -436,3 +444,14 @@ def test_failed_trials_are_reported_and_set_the_exit_code(monkeypatch, capsys, t
     assert rc == 1
     assert "2 trial(s) ran, 2 skipped (already recorded), 1 failed" in err
     assert f"FAILED {TASK} cgcnn onehot fraction=0.5 seed=1: RuntimeError: diverged" in err
+
+
+def test_match_structures_flag_reaches_the_suite(tmp_path):
+    from bench.cli import build_parser
+    from bench.commands.run import build_plan
+
+    base = ["run", "--encoder", "cgcnn", "--objective", "crysatom", "--store", str(tmp_path)]
+    plain = build_plan(build_parser().parse_args(base))
+    matched = build_plan(build_parser().parse_args(base + ["--match-structures"]))
+    assert plain.suite.match_structures is False and matched.suite.match_structures is True
+    assert sweep.pretrain_config(matched, "crysatom")["match_structures"] is True

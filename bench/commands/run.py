@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="leaderboard directory (default <store>/leaderboard)")
     p.add_argument("--max-retries", type=int, default=2, help="retries per failed trial before it is reported")
     p.add_argument("--data-dir", default=None, help="data directory (overrides the suite's)")
+    p.add_argument("--match-structures", action="store_true",
+                   help="pretraining corpus: also leave out structures matching an evaluated val/test structure in "
+                        "another source (same reduced composition, volume per atom within 2%%), not only its id")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
     p.set_defaults(func=main)
@@ -58,6 +61,7 @@ def build_plan(args):
         epochs=args.epochs,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
+        match_structures=True if args.match_structures else None,
     )
     encoders, objectives = _names(args.encoder), _names(args.objective)
     check_names(encoders, objectives, suite.tasks)
