@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 from bench.config import canonical
 from bench.paths import atomic_path, atomic_write_text
+from bench.records import EVALUATION_ONLY_SETTINGS
 
 BASELINE = "onehot"
 ALPHA = 0.05
@@ -80,7 +81,8 @@ def protocol_of(r: dict) -> Protocol:
     code = ", ".join(f"{name} v{ident[key]}" for key, name in (("task_version", "task"),
                                                                 ("graph_code_version", "graph code"),
                                                                 ("run_code_version", "run code")) if key in ident)
-    return Protocol(base, int(r["epochs"]), int(r["n_val"]), int(r["n_test"]), _h(r["train_settings"]), code)
+    settings = {k: v for k, v in r["train_settings"].items() if k not in EVALUATION_ONLY_SETTINGS}
+    return Protocol(base, int(r["epochs"]), int(r["n_val"]), int(r["n_test"]), _h(settings), code)
 
 
 def _row_key(r: dict) -> tuple:
@@ -260,9 +262,11 @@ def _index(ok: list[dict], failed: list[dict], by_task: dict[str, list[dict]]) -
     protos = defaultdict(int)
     for r in ok:
         p = protocol_of(r)
-        protos[(r["task"], p.dataset_key, str(p.epochs), str(p.n_val), str(p.n_test), p.settings)] += 1
+        protos[(r["task"], p.dataset_key, str(p.epochs), str(p.n_val), str(p.n_test), p.settings,
+                p.code or "-")] += 1
     if protos:
-        lines.append(_count_table(protos, ["task", "dataset", "epochs", "val", "test", "settings", "runs"]) + "\n")
+        lines.append(_count_table(protos, ["task", "dataset", "epochs", "val", "test", "settings", "code versions",
+                                           "runs"]) + "\n")
     lines.append("## Components\n")
     comps = defaultdict(int)
     for r in ok:

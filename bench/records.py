@@ -37,6 +37,9 @@ from bench.paths import atomic_path
 SCHEMA_VERSION = 1
 RUN_ID_LENGTH = 20
 STATUSES = ("ok", "failed")
+# Training settings that change how the same function is evaluated (float rounding only, like the device), not
+# the protocol: left out of a run's identity and of the leaderboard's protocol grouping.
+EVALUATION_ONLY_SETTINGS = ("symmetry_reduce",)
 
 
 class RecordError(ValueError):

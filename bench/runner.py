@@ -28,7 +28,7 @@ from typing import Any
 from bench.config import ConfigError, from_dict, to_dict
 from bench.plugins import load_plugins
 from bench import records
-from bench.records import SCHEMA_VERSION, find_record, write_record
+from bench.records import EVALUATION_ONLY_SETTINGS, SCHEMA_VERSION, find_record, write_record
 from bench.registry import suggest
 
 # Bump when the training loop or the record-building changes numbers for an otherwise identical config.
@@ -222,7 +222,7 @@ def identity(p: Prepared, dataset_key: str) -> dict[str, Any]:
     }
 
 
-_NOT_IDENTITY = ("featurizer", "symmetry_reduce")
+_NOT_IDENTITY = ("featurizer", *EVALUATION_ONLY_SETTINGS)
 
 
 # ---- data -------------------------------------------------------------------------------------------------

@@ -208,6 +208,10 @@ def test_records_of_different_code_or_task_versions_are_never_averaged():
         page = lb.render(old + new)["dft_3d_formation_energy_peratom.md"]
         assert page.count("## Protocol") == 2, bump
         assert "0.1 ± 0 (2)" in page and "0.3 ± 0 (3)" in page, bump
+        index = lb.render(old + new)["README.md"]  # the index counts each version's runs on its own row
+        proto = index.split("## Protocol")[1].split("## Components")[0]
+        rows = [line for line in proto.splitlines() if line.startswith("| dft_3d")]
+        assert len(rows) == 2 and rows[0].rstrip(" |").endswith("2") and rows[1].rstrip(" |").endswith("3"), bump
 
 
 def test_rebuild_removes_stale_plots_but_never_other_pngs(tmp_path):
@@ -223,3 +227,16 @@ def test_rebuild_removes_stale_plots_but_never_other_pngs(tmp_path):
     names = {p.name for p in out.iterdir()}
     assert {"figure.png", "results_1.png", "dft_3d_formation_energy_peratom_1.png"} <= names
     assert not {"old_task.md", "old_task_1.png"} & names
+
+
+def test_symmetry_reduce_does_not_split_a_protocol():
+    """Records written before the setting existed, with it on, and with it off are one protocol (it changes float
+    rounding only): their seeds pool in one section; any other setting still separates."""
+    recs = [make_record(seed=0, test_mae=0.1, settings={"lr": 0.001}),
+            make_record(seed=1, test_mae=0.2, settings={"lr": 0.001, "symmetry_reduce": True}),
+            make_record(seed=2, test_mae=0.3, settings={"lr": 0.001, "symmetry_reduce": False})]
+    page = lb.render(recs)["dft_3d_formation_energy_peratom.md"]
+    assert page.count("## Protocol") == 1 and "0.2 ± 0.1 (3)" in page
+    page = lb.render(recs + [make_record(seed=0, test_mae=0.5, settings={"lr": 0.01})])[
+        "dft_3d_formation_energy_peratom.md"]
+    assert page.count("## Protocol") == 2
