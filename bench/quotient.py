@@ -181,11 +181,21 @@ def refine(
 
 
 def quotient_of(gd, tol: float = QUOTIENT_TOL) -> Quotient:
-    """The classes of a ``bench.graphs.GraphData``, computed once per object and tolerance (memoised on it)."""
+    """The classes of a ``bench.graphs.GraphData``, computed once per object and tolerance (memoised on it).
+
+    The memo is compact (int32, and no per-triplet class map: building the quotient batch needs only the
+    triplet classes' representatives and sizes): 5.3 kB per dft_3d structure on average instead of 23.5 kB
+    (a cached ALIGNN graph is 23.7 kB)."""
     memo = getattr(gd, "_quotient", None)
     if memo is not None and memo[0] == tol:
         return memo[1]
     q = refine(gd.numbers, gd.src, gd.dst, gd.dist, gd.lg_src, gd.lg_dst, gd.cos, tol)
+
+    def small(a):
+        return None if a is None else a.astype(np.int32)
+
+    q = Quotient(small(q.atom_class), small(q.edge_class), None, small(q.atom_rep), small(q.edge_rep),
+                 small(q.trip_rep), small(q.atom_size), small(q.edge_size), small(q.trip_size), q.rounds)
     gd._quotient = (tol, q)
     return q
 

@@ -51,7 +51,7 @@ def test_no_symmetry_means_no_reduction():
 
 def test_classes_are_consistent_on_real_structures(real_graphs):
     for gd in real_graphs:
-        q = quotient_of(gd)
+        q = refine(gd.numbers, gd.src, gd.dst, gd.dist, gd.lg_src, gd.lg_dst, gd.cos)
         # members of a class share the input (within tolerance) and the classes of their endpoints
         assert np.all(gd.numbers == gd.numbers[q.atom_rep][q.atom_class])
         assert np.abs(gd.dist - gd.dist[q.edge_rep][q.edge_class]).max() < 1e-4
@@ -60,7 +60,11 @@ def test_classes_are_consistent_on_real_structures(real_graphs):
         assert np.abs(gd.cos - gd.cos[q.trip_rep][q.trip_class]).max() < 1e-4
         assert np.all(q.edge_class[gd.lg_src] == q.edge_class[gd.lg_src[q.trip_rep]][q.trip_class])
         assert np.all(q.edge_class[gd.lg_dst] == q.edge_class[gd.lg_dst[q.trip_rep]][q.trip_class])
-        assert quotient_of(gd) is q  # memoised
+        memo = quotient_of(gd)
+        assert quotient_of(gd) is memo  # memoised, compact, the same classes
+        assert memo.trip_class is None and memo.edge_class.dtype == np.int32
+        for name in ("atom_class", "edge_class", "atom_rep", "edge_rep", "trip_rep", "trip_size"):
+            assert np.array_equal(getattr(memo, name), getattr(q, name)), name
     r = reduction(quotient_of(gd) for gd in real_graphs)
     assert r["triplets"] > 1.5 and r["atoms"] > 1.0  # real crystals are symmetric
 
