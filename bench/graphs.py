@@ -459,8 +459,8 @@ class QuotientBatch:
     """The symmetry-reduced form of a batch (``bench.quotient``): ``g`` has one node per atom class (ndata
     ``Z``, ``n`` = class size) and one edge per bond class (edata ``d``, ``n`` = class size, ``w`` = multiplicity:
     bonds of the class entering one atom of the destination class); ``lg`` likewise over bond classes, with one
-    edge per triplet class (ndata ``n``; edata ``cos``, ``n``, ``w``); ``atom_class`` (N,) maps every atom of the batch to its node
-    in ``g``. Graph boundaries are kept (classes never span two crystals): ``g.batch_num_nodes()``."""
+    edge per triplet class (ndata ``n``; edata ``cos``, ``n``, ``w``); ``atom_class`` (N,) maps every atom of
+    the batch to its node in ``g``. Classes never span two crystals: ``g.batch_num_nodes()`` counts per crystal."""
 
     g: Any
     lg: Any
@@ -562,7 +562,8 @@ def _quotient_batch(gds: Sequence[GraphData]) -> QuotientBatch:
     # a bond class's endpoints are the classes of its representative's endpoints (the same for every member)
     g = _batched_graph([q.atom_class[gd.src[q.edge_rep]] for gd, q in zip(gds, qs)],
                        [q.atom_class[gd.dst[q.edge_rep]] for gd, q in zip(gds, qs)], n_atoms, n_bonds)
-    g.ndata["Z"] = torch.from_numpy(np.concatenate([gd.numbers[q.atom_rep] for gd, q in zip(gds, qs)]).astype(np.int64))
+    z = np.concatenate([gd.numbers[q.atom_rep] for gd, q in zip(gds, qs)])
+    g.ndata["Z"] = torch.from_numpy(z.astype(np.int64))
     g.ndata["n"] = f32([q.atom_size for q in qs])
     g.edata["d"] = f32([gd.dist[q.edge_rep] for gd, q in zip(gds, qs)])
     g.edata["n"] = f32([q.edge_size for q in qs])
@@ -575,7 +576,8 @@ def _quotient_batch(gds: Sequence[GraphData]) -> QuotientBatch:
         lg.ndata["n"] = g.edata["n"]  # the line graph's nodes are the bond classes
         lg.edata["cos"] = f32([gd.cos[q.trip_rep] for gd, q in zip(gds, qs)])
         lg.edata["n"] = f32([q.trip_size for q in qs])
-        lg.edata["w"] = f32([q.trip_size / q.edge_size[q.edge_class[gd.lg_dst[q.trip_rep]]] for gd, q in zip(gds, qs)])
+        lg.edata["w"] = f32([q.trip_size / q.edge_size[q.edge_class[gd.lg_dst[q.trip_rep]]]
+                             for gd, q in zip(gds, qs)])
     base = np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64)
     atom_class = torch.from_numpy(np.concatenate([q.atom_class + b for q, b in zip(qs, base)]).astype(np.int64))
     return QuotientBatch(g, lg, atom_class)

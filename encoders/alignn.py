@@ -23,6 +23,10 @@ from the reference, which names them separately), and message passing uses DGL's
 from the graph data (``d``, ``cos``) that the graph builder stored once, not recomputed in ``forward``. The edge
 outputs of the last line-graph conv (angles) and of the last atom-graph conv (bonds) are never used, so their
 BN + SiLU is skipped (their BatchNorm parameters remain, for parameter-count and state-dict parity).
+Given a symmetry-reduced batch (``Batch.q``, ``bench.quotient``) the same function is evaluated on one
+representative per class of atoms, bonds and triplets: the two gate sums weighted by multiplicities, every batch
+norm by class sizes (``layers.batch_norm``), the mean pooling by class sizes; node outputs are expanded back to
+atoms. With an ``atom_mask`` the full graphs are used (a mask breaks the symmetry).
 
 Shapes: N atoms, E bonds, T angle triplets, B graphs. Z (N,) -> (N, F) -> h (N, 256); d (E,) -> e (E, 256);
 cos (T,) -> t (T, 256); node (N, 256); pred (B,).

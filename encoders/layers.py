@@ -102,8 +102,8 @@ def batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, weight: torch.Tensor | None 
     running-statistics update (momentum, unbiased running variance) as ``bn`` applied to the expanded rows."""
     if weight is None or not bn.training:
         return bn(x)
-    if bn.momentum is None or not bn.track_running_stats:
-        raise ValueError("weighted batch_norm supports BatchNorm1d with running statistics and a momentum only")
+    if bn.momentum is None or not bn.track_running_stats or not bn.affine:
+        raise ValueError("weighted batch_norm supports affine BatchNorm1d with running statistics and a momentum")
     total = weight.sum()
     p = weight / total
     mean = p @ x

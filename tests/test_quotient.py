@@ -12,6 +12,7 @@ import torch
 from bench.encoders import build_encoder
 from bench.featurizers import build_featurizer
 from bench.graphs import build_graph, collate
+from bench.registry import ENCODERS
 from bench.quotient import QuotientError, _check_equitable, quotient_of, reduction, refine
 from bench.structures import Structure
 from bench.encoders.layers import batch_norm
@@ -154,9 +155,7 @@ def test_atom_mask_takes_the_full_graphs(real_graphs):
         assert torch.equal(full(bf, atom_mask=mask).pred, quot(bq, atom_mask=mask).pred)
 
 
-def test_encoders_that_are_not_invariant_ignore_the_quotient(real_graphs):
-    from bench.registry import ENCODERS
-
+def test_encoders_that_are_not_invariant_ignore_the_quotient():
     assert ENCODERS.get("alignn").supports_quotient
     assert not ENCODERS.get("cartnet").supports_quotient  # direction-dependent: classes would be wrong
 
@@ -181,3 +180,21 @@ def test_training_on_the_quotient_matches_the_full_graphs():
     np.testing.assert_allclose(on["curve"]["val_mae"], off["curve"]["val_mae"], rtol=1e-3)
     np.testing.assert_allclose(on["predictions"]["predictions"], off["predictions"]["predictions"], rtol=1e-3,
                                atol=1e-3)
+
+
+@pytest.mark.parametrize("name", [n for n in ENCODERS.list() if ENCODERS.get(n).supports_quotient])
+def test_every_encoder_that_claims_the_quotient_computes_the_same_function(name):
+    """The contract behind ``supports_quotient``, for every registered encoder that sets it, at its defaults."""
+    spec = ENCODERS.get(name).graph_spec
+    items = [(build_graph(s, spec), 0.0) for s, _ in load_fixture_structures()[:6]]
+    bf, bq = collate(items), collate(items, quotient=True)
+    torch.manual_seed(0)
+    full = build_encoder(name, build_featurizer("cgcnn"))
+    quot = copy.deepcopy(full)
+    for mode in (True, False):
+        full.train(mode), quot.train(mode)
+        with torch.no_grad():
+            a, b = full(bf), quot(bq)
+        scale = float(a.pred.abs().max()) + 1e-3
+        assert torch.allclose(a.pred, b.pred, atol=1e-4 * scale), (name, mode)
+        assert a.node.shape == b.node.shape
