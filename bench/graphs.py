@@ -548,39 +548,61 @@ def collate_quotient(items: Sequence[tuple[GraphData, float | None]]) -> Batch:
 
 
 def _quotient_batch(gds: Sequence[GraphData]) -> QuotientBatch:
+    """Vectorised over the batch: per-graph class arrays are concatenated with offsets once, then indexed."""
+    import dgl
     import torch
 
     from bench.quotient import quotient_of
 
     qs = [quotient_of(gd) for gd in gds]
-    n_atoms = [q.num_atom_classes for q in qs]
-    n_bonds = [q.num_edge_classes for q in qs]
 
-    def f32(parts):
-        return torch.from_numpy(np.concatenate(parts).astype(np.float32))
+    def cat(parts, dtype=np.int64):
+        return np.concatenate(parts).astype(dtype, copy=False)
 
+    def offsets(counts, repeats):  # each graph's start in the concatenation, repeated over its rows
+        counts = np.asarray(counts, dtype=np.int64)
+        return np.repeat(np.concatenate([[0], np.cumsum(counts)[:-1]]), repeats)
+
+    def graph(src, dst, n_nodes, n_edges):
+        out = dgl.graph((torch.from_numpy(src), torch.from_numpy(dst)), num_nodes=int(np.sum(n_nodes)))
+        out.set_batch_num_nodes(torch.tensor(n_nodes, dtype=torch.int64))
+        out.set_batch_num_edges(torch.tensor(n_edges, dtype=torch.int64))
+        return out
+
+    def f32(a):
+        return torch.from_numpy(np.asarray(a, dtype=np.float32))
+
+    n_atoms, n_edges = [gd.num_nodes for gd in gds], [gd.num_edges for gd in gds]
+    n_acls, n_ecls = [q.num_atom_classes for q in qs], [q.num_edge_classes for q in qs]
+    atom_class = cat([q.atom_class for q in qs]) + offsets(n_acls, n_atoms)
+    atom_rep = cat([q.atom_rep for q in qs]) + offsets(n_atoms, n_acls)
+    edge_rep = cat([q.edge_rep for q in qs]) + offsets(n_edges, n_ecls)
+    atom_base = offsets(n_atoms, n_edges)
     # a bond class's endpoints are the classes of its representative's endpoints (the same for every member)
-    g = _batched_graph([q.atom_class[gd.src[q.edge_rep]] for gd, q in zip(gds, qs)],
-                       [q.atom_class[gd.dst[q.edge_rep]] for gd, q in zip(gds, qs)], n_atoms, n_bonds)
-    z = np.concatenate([gd.numbers[q.atom_rep] for gd, q in zip(gds, qs)])
-    g.ndata["Z"] = torch.from_numpy(z.astype(np.int64))
-    g.ndata["n"] = f32([q.atom_size for q in qs])
-    g.edata["d"] = f32([gd.dist[q.edge_rep] for gd, q in zip(gds, qs)])
-    g.edata["n"] = f32([q.edge_size for q in qs])
-    g.edata["w"] = f32([q.edge_size / q.atom_size[q.atom_class[gd.dst[q.edge_rep]]] for gd, q in zip(gds, qs)])
+    q_src = atom_class[(cat([gd.src for gd in gds]) + atom_base)[edge_rep]]
+    q_dst = atom_class[(cat([gd.dst for gd in gds]) + atom_base)[edge_rep]]
+    atom_size, edge_size = cat([q.atom_size for q in qs]), cat([q.edge_size for q in qs])
+    g = graph(q_src, q_dst, n_acls, n_ecls)
+    g.ndata["Z"] = torch.from_numpy(cat([gd.numbers for gd in gds])[atom_rep])
+    g.ndata["n"] = f32(atom_size)
+    g.edata["d"] = f32(cat([gd.dist for gd in gds], np.float32)[edge_rep])
+    g.edata["n"] = f32(edge_size)
+    g.edata["w"] = f32(edge_size / atom_size[q_dst])
     lg = None
     if gds[0].lg_src is not None:
-        lg = _batched_graph([q.edge_class[gd.lg_src[q.trip_rep]] for gd, q in zip(gds, qs)],
-                            [q.edge_class[gd.lg_dst[q.trip_rep]] for gd, q in zip(gds, qs)], n_bonds,
-                            [q.num_trip_classes for q in qs])
+        n_tcls = [q.num_trip_classes for q in qs]
+        edge_class = cat([q.edge_class for q in qs]) + offsets(n_ecls, n_edges)
+        trip_rep = cat([q.trip_rep for q in qs]) + offsets([gd.num_lg_edges for gd in gds], n_tcls)
+        edge_base = offsets(n_edges, [gd.num_lg_edges for gd in gds])
+        l_src = edge_class[(cat([gd.lg_src for gd in gds]) + edge_base)[trip_rep]]
+        l_dst = edge_class[(cat([gd.lg_dst for gd in gds]) + edge_base)[trip_rep]]
+        trip_size = cat([q.trip_size for q in qs])
+        lg = graph(l_src, l_dst, n_ecls, n_tcls)
         lg.ndata["n"] = g.edata["n"]  # the line graph's nodes are the bond classes
-        lg.edata["cos"] = f32([gd.cos[q.trip_rep] for gd, q in zip(gds, qs)])
-        lg.edata["n"] = f32([q.trip_size for q in qs])
-        lg.edata["w"] = f32([q.trip_size / q.edge_size[q.edge_class[gd.lg_dst[q.trip_rep]]]
-                             for gd, q in zip(gds, qs)])
-    base = np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64)
-    atom_class = torch.from_numpy(np.concatenate([q.atom_class + b for q, b in zip(qs, base)]).astype(np.int64))
-    return QuotientBatch(g, lg, atom_class)
+        lg.edata["cos"] = f32(cat([gd.cos for gd in gds], np.float32)[trip_rep])
+        lg.edata["n"] = f32(trip_size)
+        lg.edata["w"] = f32(trip_size / edge_size[l_dst])
+    return QuotientBatch(g, lg, torch.from_numpy(atom_class))
 
 
 # ---------------------------------------------------------------------------------------------------------

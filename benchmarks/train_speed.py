@@ -279,12 +279,14 @@ def main(argv=None) -> int:
     print(f"device {args.device}, torch threads {args.threads}, torch {torch.__version__}, batch {args.batch_size}, "
           f"{args.steps} timed steps; data: {results[0]['data']}")
     hdr = f"{'encoder':8} {'featurizer':9} {'params':>9} {'atoms':>6} {'edges':>7} {'step s':>8} {'struct/s':>9} " \
-          f"{'collate s':>9} {'pipeline':>8} {'peak MB':>8}"
+          f"{'collate s':>9} {'pipeline':>8} {'peak MB':>8}  symmetry-reduced graphs (members per class)"
     print(hdr)
     for r in results:
+        red = r.get("symmetry_reduction")
+        red = ", ".join(f"{k} {v:.2f}x" for k, v in red.items()) if red else "no (full graphs)"
         print(f"{r['encoder']:8} {r['featurizer']:9} {r['params']:>9,} {r['mean_atoms']:>6.1f} {r['mean_edges']:>7.1f} "
               f"{r['step_median_s']:>8.3f} {r['structures_per_s']:>9.1f} {r['collate_median_s']:>9.4f} "
-              f"{100 * r['pipeline_share']:>7.1f}% {r['peak_mem_mb']:>8.0f}")
+              f"{100 * r['pipeline_share']:>7.1f}% {r['peak_mem_mb']:>8.0f}  {red}")
     for r in results:
         ref = r.get("reference")
         if ref is None:

@@ -17,6 +17,9 @@ Departures from the reference, and why:
 - The Linear over z_ij is evaluated as W_i v_i + W_j v_j + W_u u_ij (the same single weight matrix, sliced), so
   the node parts are computed once per atom rather than once per edge; the function and the parameters (shape and
   state-dict layout of ``fc_full``) are those of the reference.
+- Given a symmetry-reduced batch (``Batch.q``, ``bench.quotient``) the same function is evaluated on one
+  representative per class of atoms and edges: the sum weighted by multiplicities, both batch norms and the mean
+  pooling by class sizes; node outputs are expanded back to atoms. An ``atom_mask`` takes the full graph.
 
 Shapes: N atoms, E edges, B graphs. Z (N,) -> featurizer (N, F) -> v (N, 64); u (E, 41); node (N, 64); pred (B,).
 """
@@ -34,7 +37,7 @@ from torch.nn import functional as F
 from bench.registry import register_encoder
 
 from .base import Encoder, EncoderOutput
-from .layers import cgcnn_basis
+from .layers import batch_norm, cgcnn_basis
 
 
 class CGCNNConv(nn.Module):
@@ -45,14 +48,17 @@ class CGCNNConv(nn.Module):
         self.bn1 = nn.BatchNorm1d(2 * width)
         self.bn2 = nn.BatchNorm1d(width)
 
-    def forward(self, g: dgl.DGLGraph, v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def forward(self, g: dgl.DGLGraph, v: torch.Tensor, u: torch.Tensor, quotient: bool = False) -> torch.Tensor:
+        """``quotient``: ``g`` is symmetry-reduced (``bench.quotient``): class sizes ``n`` weight the batch norms,
+        multiplicities ``w`` the sum."""
         w, W = self.width, self.fc_full.weight
         center = v @ W[:, :w].T  # i = dst
         neigh = v @ W[:, w : 2 * w].T  # j = src
         z = dgl.ops.u_add_v(g, neigh, center) + F.linear(u, W[:, 2 * w :], self.fc_full.bias)
-        f, c = self.bn1(z).chunk(2, dim=-1)
-        s = dgl.ops.copy_e_sum(g, torch.sigmoid(f) * F.softplus(c))
-        return F.softplus(v + self.bn2(s))
+        f, c = batch_norm(self.bn1, z, g.edata["n"] if quotient else None).chunk(2, dim=-1)
+        m = torch.sigmoid(f) * F.softplus(c)
+        s = dgl.ops.copy_e_sum(g, m * g.edata["w"].unsqueeze(-1) if quotient else m)
+        return F.softplus(v + batch_norm(self.bn2, s, g.ndata["n"] if quotient else None))
 
 
 @register_encoder("cgcnn", version="1")
@@ -60,6 +66,7 @@ class CGCNN(Encoder):
     """CGCNN (Xie & Grossman 2018): gated graph convolutions on the 12-nearest-neighbour graph."""
 
     graph_spec: ClassVar[str] = "cgcnn"
+    supports_quotient: ClassVar[bool] = True
 
     @dataclass(frozen=True)
     class Config:
@@ -82,11 +89,18 @@ class CGCNN(Encoder):
         self.embedding_dim = c.hidden
 
     def forward(self, batch, atom_mask: torch.Tensor | None = None) -> EncoderOutput:
-        g = batch.g
-        v = self.embedding(self.atom_input(batch, atom_mask))
+        # symmetry-reduced graphs when the batch has them (bench.quotient); a per-atom mask needs the full graph
+        q = batch.q if atom_mask is None else None
+        g = batch.g if q is None else q.g
+        v = self.embedding(self.atom_input(batch, atom_mask) if q is None else self.featurizer(g.ndata["Z"]))
         u = self.rbf(g.edata["d"])
         for conv in self.convs:
-            v = conv(g, v, u)
-        crys = dgl.ops.segment_reduce(g.batch_num_nodes(), v, "mean")
+            v = conv(g, v, u, quotient=q is not None)
+        if q is None:
+            crys = dgl.ops.segment_reduce(g.batch_num_nodes(), v, "mean")
+        else:  # mean over atoms = class-size-weighted sum over classes / atoms per crystal
+            atoms = batch.g.batch_num_nodes().to(v.dtype).unsqueeze(-1)
+            crys = dgl.ops.segment_reduce(g.batch_num_nodes(), v * g.ndata["n"].unsqueeze(-1), "sum") / atoms
+            v = v[q.atom_class]
         pred = self.fc_out(F.softplus(self.conv_to_fc(F.softplus(crys)))).squeeze(-1)
         return EncoderOutput(node=v, pred=pred)

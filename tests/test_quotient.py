@@ -193,8 +193,16 @@ def test_every_encoder_that_claims_the_quotient_computes_the_same_function(name)
     quot = copy.deepcopy(full)
     for mode in (True, False):
         full.train(mode), quot.train(mode)
-        with torch.no_grad():
-            a, b = full(bf), quot(bq)
+        a, b = full(bf), quot(bq)
         scale = float(a.pred.abs().max()) + 1e-3
         assert torch.allclose(a.pred, b.pred, atol=1e-4 * scale), (name, mode)
-        assert a.node.shape == b.node.shape
+        assert a.node.shape == b.node.shape and torch.allclose(a.node, b.node, atol=1e-3), (name, mode)
+        if mode:
+            weights = torch.linspace(1.0, 2.0, len(items))
+            (a.pred * weights).sum().backward(), (b.pred * weights).sum().backward()
+    grads = [(n, p.grad, q.grad) for (n, p), q in zip(full.named_parameters(), quot.parameters())]
+    norm = torch.cat([g.reshape(-1) for _, g, _ in grads if g is not None]).norm()
+    for n, gf, gq in grads:
+        assert (gf is None) == (gq is None), n
+        if gf is not None:
+            assert (gf - gq).norm() < 1e-3 * norm, (name, n)
