@@ -138,17 +138,24 @@ def segment_ids(counts: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
 
 
-def segment_mean(x: torch.Tensor, seg: torch.Tensor, n: int) -> torch.Tensor:
-    """Mean of rows of ``x`` per segment; an empty segment gives zeros."""
-    out = x.new_zeros((n,) + x.shape[1:]).index_add_(0, seg, x)
-    cnt = torch.bincount(seg, minlength=n).clamp_min(1).to(x.dtype)
-    return out / cnt.view((n,) + (1,) * (x.dim() - 1))
+def segment_mean(x: torch.Tensor, seg: torch.Tensor, n: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of rows of ``x`` per segment; an empty segment gives zeros. ``weight`` (M,): row i counts
+    ``weight[i]`` times (a symmetry-reduced batch, ``bench.quotient``)."""
+    shape = (n,) + (1,) * (x.dim() - 1)
+    if weight is None:
+        out = x.new_zeros((n,) + x.shape[1:]).index_add_(0, seg, x)
+        return out / torch.bincount(seg, minlength=n).clamp_min(1).to(x.dtype).view(shape)
+    out = x.new_zeros((n,) + x.shape[1:]).index_add_(0, seg, x * weight.view((-1,) + (1,) * (x.dim() - 1)))
+    return out / x.new_zeros(n).index_add_(0, seg, weight.to(x.dtype)).clamp_min(1.0).view(shape)
 
 
-def segment_softmax(score: torch.Tensor, seg: torch.Tensor, n: int) -> torch.Tensor:
-    """Softmax of a score vector (M,) within each segment."""
+def segment_softmax(score: torch.Tensor, seg: torch.Tensor, n: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax of a score vector (M,) within each segment. With ``weight``, row i stands for ``weight[i]`` equal
+    rows, and the result is their total share (so ``sum_seg a x`` is the full graph's attention sum)."""
     mx = score.new_full((n,), -torch.inf).scatter_reduce(0, seg, score, reduce="amax", include_self=True)
     ex = torch.exp(score - mx[seg])
+    if weight is not None:
+        ex = ex * weight
     den = ex.new_zeros(n).index_add_(0, seg, ex)
     return ex / den[seg]
 
@@ -165,14 +172,15 @@ class Set2Set(nn.Module):
         self.iterations = iterations
         self.lstm = nn.LSTM(2 * dim, dim, lstm_layers)
 
-    def forward(self, x: torch.Tensor, seg: torch.Tensor, n: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seg: torch.Tensor, n: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``weight`` (M,): row i stands for ``weight[i]`` equal rows (a symmetry-reduced batch)."""
         L = self.lstm.num_layers
         h = (x.new_zeros(L, n, self.dim), x.new_zeros(L, n, self.dim))
         q_star = x.new_zeros(n, 2 * self.dim)
         for _ in range(self.iterations):
             q, h = self.lstm(q_star.unsqueeze(0), h)
             q = q.squeeze(0)
-            a = segment_softmax((x * q[seg]).sum(-1), seg, n)
+            a = segment_softmax((x * q[seg]).sum(-1), seg, n, weight)
             r = x.new_zeros(n, self.dim).index_add_(0, seg, a.unsqueeze(-1) * x)
             q_star = torch.cat([q, r], dim=-1)
         return q_star

@@ -21,6 +21,9 @@ Forms used (edge j -> i, DGL src = j, dst = i; B graphs; state u is per graph):
 Departures: none intended. The edge MLP's first layer is evaluated as W_src v_j + W_dst v_i + W_e e + W_u u
 (the same weight matrix, sliced), so the node and state parts are computed once per node/graph, not per edge.
 An atom with no neighbour within 4 Å gets mean_j e_ij' = 0; a graph with no edges gets a zero edge readout.
+Given a symmetry-reduced batch (``Batch.q``, ``bench.quotient``) the same function is evaluated on one
+representative per class of atoms and edges: the mean over incoming edges weighted by multiplicities, the
+state's means and both Set2Set softmaxes by class sizes; node outputs are expanded back to atoms.
 
 Shapes: N atoms, E edges, B graphs. Z (N,) -> (N, F) -> v (N, 32); d (E,) -> e (E, 32); u (B, 32);
 node (N, 32); pred (B,).
@@ -50,7 +53,9 @@ class MEGNetConv(nn.Module):
         self.node_mlp = SoftPlus2MLP([3 * width, *hidden, width])
         self.state_mlp = SoftPlus2MLP([3 * width, *hidden, width])
 
-    def forward(self, g, e, v, u, node_seg, edge_seg):
+    def forward(self, g, e, v, u, node_seg, edge_seg, quotient: bool = False):
+        """``quotient``: ``g`` is symmetry-reduced (``bench.quotient``): multiplicities ``w`` weight the mean over
+        incoming edges, class sizes ``n`` the means over the crystal."""
         w, first = self.width, self.edge_mlp.layers[0]
         W = first.weight  # columns: [src | dst | e | u]
         per_node_src = v @ W[:, :w].T
@@ -61,11 +66,16 @@ class MEGNetConv(nn.Module):
         for layer in self.edge_mlp.layers[1:]:
             z = softplus2(layer(z))
         e_new = z
-        e_mean = dgl.ops.copy_e_mean(g, e_new)
+        if quotient:  # sum of multiplicity-weighted edges / in-degree (the multiplicities add up to it)
+            mult = g.edata["w"].unsqueeze(-1)
+            e_mean = dgl.ops.copy_e_sum(g, e_new * mult) / dgl.ops.copy_e_sum(g, mult).clamp_min(1.0)
+        else:
+            e_mean = dgl.ops.copy_e_mean(g, e_new)
         v_new = self.node_mlp(torch.cat([v, e_mean, u[node_seg]], dim=-1))
         B = u.shape[0]
+        nw, ew = (g.ndata["n"], g.edata["n"]) if quotient else (None, None)
         u_new = self.state_mlp(
-            torch.cat([u, segment_mean(e_new, edge_seg, B), segment_mean(v_new, node_seg, B)], dim=-1)
+            torch.cat([u, segment_mean(e_new, edge_seg, B, ew), segment_mean(v_new, node_seg, B, nw)], dim=-1)
         )
         return e_new, v_new, u_new
 
@@ -81,11 +91,11 @@ class MEGNetBlock(nn.Module):
             self.state_dense = SoftPlus2MLP([width, *dense, width])
         self.conv = MEGNetConv(width, conv_hidden)
 
-    def forward(self, g, e, v, u, node_seg, edge_seg):
+    def forward(self, g, e, v, u, node_seg, edge_seg, quotient: bool = False):
         e0, v0, u0 = e, v, u
         if self.edge_dense is not None:
             e, v, u = self.edge_dense(e), self.node_dense(v), self.state_dense(u)
-        e, v, u = self.conv(g, e, v, u, node_seg, edge_seg)
+        e, v, u = self.conv(g, e, v, u, node_seg, edge_seg, quotient)
         return e + e0, v + v0, u + u0
 
 
@@ -94,6 +104,7 @@ class MEGNet(Encoder):
     """MEGNet (Chen et al. 2019): graph network with edge, node and global-state updates; Set2Set readout."""
 
     graph_spec: ClassVar[str] = "megnet"
+    supports_quotient: ClassVar[bool] = True
 
     @dataclass(frozen=True)
     class Config:
@@ -131,17 +142,20 @@ class MEGNet(Encoder):
         self.embedding_dim = w
 
     def forward(self, batch, atom_mask: torch.Tensor | None = None) -> EncoderOutput:
-        g = batch.g
+        # symmetry-reduced graphs when the batch has them (bench.quotient); a per-atom mask needs the full graph
+        q = batch.q if atom_mask is None else None
+        g = batch.g if q is None else q.g
         B = g.batch_size
         node_seg = segment_ids(g.batch_num_nodes())
         edge_seg = segment_ids(g.batch_num_edges())
-        v = self.node_encoder(self.atom_input(batch, atom_mask))
+        v = self.node_encoder(self.atom_input(batch, atom_mask) if q is None else self.featurizer(g.ndata["Z"]))
         e = self.edge_encoder(self.rbf(g.edata["d"]))
         u = self.state_encoder(v.new_zeros(B, self.config.state_dim))
         for block in self.blocks:
-            e, v, u = block(g, e, v, u, node_seg, edge_seg)
-        vec = torch.cat([self.node_s2s(v, node_seg, B), self.edge_s2s(e, edge_seg, B), u], dim=-1)
-        return EncoderOutput(node=v, pred=self.output(vec).squeeze(-1))
+            e, v, u = block(g, e, v, u, node_seg, edge_seg, q is not None)
+        nw, ew = (None, None) if q is None else (g.ndata["n"], g.edata["n"])
+        vec = torch.cat([self.node_s2s(v, node_seg, B, nw), self.edge_s2s(e, edge_seg, B, ew), u], dim=-1)
+        return EncoderOutput(node=v if q is None else v[q.atom_class], pred=self.output(vec).squeeze(-1))
 
     def unused_parameter_names(self) -> set[str]:
         # The reference's global state input is all zeros, so the first state-encoder weight multiplies zeros and
