@@ -19,13 +19,23 @@ structures. Refinement runs once per graph (memoised on the GraphData); its part
 before use, so a hash collision can never silently change the function.
 
 Numpy only; ``bench.graphs.collate(..., quotient=True)`` builds the DGL quotient graphs from these classes.
+``ensure_classes`` stores them beside the graph cache, so the trials of a sweep compute them once per dataset.
 """
 
 from __future__ import annotations
 
+import logging
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Bump whenever the classes of a graph would change (refinement, tolerance handling): stored classes are ignored.
+QUOTIENT_CODE_VERSION = "1"
 
 # Inputs (distances in Å, cosines) closer than this are one class; single linkage over sorted values, so values
 # straddling a rounding boundary are never split.
@@ -211,3 +221,70 @@ def reduction(quotients) -> dict[str, float]:
         if classes:
             out[what] = members / classes
     return out
+
+
+_MEMO_FIELDS = ("atom_class", "edge_class", "atom_rep", "edge_rep", "trip_rep", "atom_size", "edge_size",
+                "trip_size")
+
+
+def classes_path(graph_cache: str | Path, tol: float = QUOTIENT_TOL) -> Path:
+    """Where the classes of the graphs cached at ``graph_cache`` are stored (beside it)."""
+    p = Path(graph_cache)
+    return p.with_name(f"{p.stem}-classes-tol{tol:g}-q{QUOTIENT_CODE_VERSION}.npz")
+
+
+def ensure_classes(graphs: Sequence, graph_cache: str | Path | None, tol: float = QUOTIENT_TOL) -> None:
+    """Memoise the classes of every graph, read from beside the graph cache when stored there, else computed and
+    stored (atomically: concurrent trials may race, each writes a complete file). ``graph_cache`` None: compute
+    only. Stored classes are used only when every graph's atom, bond and triplet counts match."""
+    from bench.paths import atomic_path
+
+    graphs = list(graphs)
+    if all(getattr(gd, "_quotient", (None,))[0] == tol for gd in graphs):
+        return
+    path = None if graph_cache is None else classes_path(graph_cache, tol)
+    if path is not None and path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+            _attach_all(graphs, data, tol)
+            return
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            log.warning("ignoring unusable symmetry classes %s (%s); recomputing", path, e)
+    qs = [quotient_of(gd, tol) for gd in graphs]
+    if path is None:
+        return
+    counts = {
+        "n_atoms": [gd.num_nodes for gd in graphs], "n_edges": [gd.num_edges for gd in graphs],
+        "n_trips": [gd.num_lg_edges for gd in graphs], "n_acls": [q.num_atom_classes for q in qs],
+        "n_ecls": [q.num_edge_classes for q in qs], "n_tcls": [q.num_trip_classes for q in qs],
+        "rounds": [q.rounds for q in qs],
+    }
+    arrays = {k: np.asarray(v, dtype=np.int64) for k, v in counts.items()}
+    for f in _MEMO_FIELDS:
+        parts = [getattr(q, f) for q in qs if getattr(q, f) is not None]
+        arrays[f] = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, dtype=np.int32)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def _attach_all(graphs: Sequence, data: dict, tol: float) -> None:
+    n = len(graphs)
+    if len(data["n_atoms"]) != n:
+        raise ValueError(f"{len(data['n_atoms'])} graphs stored, {n} given")
+    mine = np.array([[gd.num_nodes, gd.num_edges, gd.num_lg_edges] for gd in graphs], dtype=np.int64).reshape(n, 3)
+    if not np.array_equal(mine, np.stack([data["n_atoms"], data["n_edges"], data["n_trips"]], axis=1)):
+        raise ValueError("the stored graphs' sizes differ from these graphs")
+    sizes = {"atom_class": data["n_atoms"], "edge_class": data["n_edges"], "atom_rep": data["n_acls"],
+             "atom_size": data["n_acls"], "edge_rep": data["n_ecls"], "edge_size": data["n_ecls"],
+             "trip_rep": data["n_tcls"], "trip_size": data["n_tcls"]}
+    split = {f: np.split(data[f], np.cumsum(sizes[f])[:-1]) if n else [] for f in _MEMO_FIELDS}
+    has_lg = [gd.lg_src is not None for gd in graphs]
+    for i, gd in enumerate(graphs):
+        parts = {f: split[f][i] for f in _MEMO_FIELDS}
+        if not has_lg[i]:
+            parts["trip_rep"] = parts["trip_size"] = None
+        gd._quotient = (tol, Quotient(parts["atom_class"], parts["edge_class"], None, parts["atom_rep"],
+                                      parts["edge_rep"], parts["trip_rep"], parts["atom_size"], parts["edge_size"],
+                                      parts["trip_size"], int(data["rounds"][i])))

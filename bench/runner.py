@@ -386,6 +386,7 @@ def _train(p: Prepared, data, base: dict, t0: float) -> dict:
     import numpy as np
 
     from bench.encoders import build_encoder
+    from bench.registry import ENCODERS
     from bench.tasks import label_fraction
     from bench.train import seed_everything, train_supervised
 
@@ -394,6 +395,12 @@ def _train(p: Prepared, data, base: dict, t0: float) -> dict:
     graphs = task_graphs(data, p.graph_spec, cfg.progress)
     if len(graphs) != len(data.structures):  # load_graphs raises on failures by default; belt and braces
         raise RuntimeError(f"graph building kept {len(graphs)} of {len(data.structures)} structures")
+    if ENCODERS.get(cfg.encoder).supports_quotient and p.settings.symmetry_reduce:
+        # symmetry classes of every graph, stored beside the graph cache: once per dataset, not once per trial
+        from bench.graphs import cache_path
+        from bench.quotient import ensure_classes
+
+        ensure_classes(graphs, cache_path(data.structures, p.graph_spec, data.dataset_key))
     tr, va, te = (_split(data, graphs, np.asarray(i)) for i in (train_idx, data.splits["val"], data.splits["test"]))
     # Model initialisation is part of the seeded run: the featurizer is rebuilt after seeding because learned
     # tables and the fallback rows for elements a table lacks are randomly initialised.

@@ -212,3 +212,42 @@ def test_every_encoder_that_claims_the_quotient_computes_the_same_function(name)
         assert (gf is None) == (gq is None), n
         if gf is not None:
             assert (gf - gq).norm() < 1e-3 * norm, (name, n)
+
+
+def test_classes_are_stored_beside_the_graph_cache_and_reused(tmp_path, real_graphs):
+    from bench.quotient import classes_path, ensure_classes
+
+    cache = tmp_path / "graphs" / "data-alignn-x.npz"
+    fresh = [copy.copy(gd) for gd in real_graphs]  # no memo yet
+    for gd in fresh:
+        gd.__dict__.pop("_quotient", None)
+    ensure_classes(fresh, cache)
+    stored = classes_path(cache)
+    assert stored.exists() and not list(stored.parent.glob("*.tmp"))
+    again = [copy.copy(gd) for gd in real_graphs]
+    for gd in again:
+        gd.__dict__.pop("_quotient", None)
+    import bench.quotient as bq
+
+    calls = []
+    real_refine = bq.refine
+    bq.refine = lambda *a, **k: calls.append(1) or real_refine(*a, **k)
+    try:
+        ensure_classes(again, cache)  # read, not recomputed
+    finally:
+        bq.refine = real_refine
+    assert not calls
+    for a, b in zip(fresh, again):
+        qa, qb = quotient_of(a), quotient_of(b)
+        for name in ("atom_class", "edge_class", "atom_rep", "edge_rep", "trip_rep", "atom_size", "edge_size",
+                     "trip_size"):
+            assert np.array_equal(getattr(qa, name), getattr(qb, name)), name
+    b1 = collate([(gd, 0.0) for gd in fresh[:5]], quotient=True)
+    b2 = collate([(gd, 0.0) for gd in again[:5]], quotient=True)
+    assert torch.equal(b1.q.lg.edata["w"], b2.q.lg.edata["w"]) and torch.equal(b1.q.atom_class, b2.q.atom_class)
+    # classes stored for other graphs are refused and recomputed, never attached
+    other = [copy.copy(gd) for gd in real_graphs[1:]]
+    for gd in other:
+        gd.__dict__.pop("_quotient", None)
+    ensure_classes(other, cache)
+    assert all(np.array_equal(quotient_of(o).atom_class, quotient_of(f).atom_class) for o, f in zip(other, fresh[1:]))
