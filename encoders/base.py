@@ -72,6 +72,7 @@ class Encoder(nn.Module):
         model = cls(cfg, feat)
         return {
             "graph_spec": cls.graph_spec,
+            "symmetry_reduced": cls.supports_quotient,
             "embedding_dim": model.embedding_dim,
             "options": to_dict(cfg),
             "parameters_at_defaults": count_parameters(model, include_featurizer=False),
