@@ -13,9 +13,8 @@ symmetry), so such a network can be evaluated on one representative per class, w
 
 That is the same function of the parameters, so values and gradients match the full graph up to float rounding
 (tests/test_quotient.py). Inputs equal to within ``QUOTIENT_TOL`` (Å for distances, unitless for cosines) are
-treated as equal, and the representative's value is used: well below the float32 resolution of the model's
-inputs at that scale (about 5e-7 Å at 4 Å) times the spread of symmetry-equivalent values in relaxed JARVIS
-structures. Refinement runs once per graph (memoised on the GraphData); its partition is verified equitable
+treated as equal (a class never spans more than twice that), and the representative's value is used: about
+the spread of symmetry-equivalent values in relaxed JARVIS structures, which store 5-6 significant figures. Refinement runs once per graph (memoised on the GraphData); its partition is verified equitable
 before use, so a hash collision can never silently change the function.
 
 Numpy only; ``bench.graphs.collate(..., quotient=True)`` builds the DGL quotient graphs from these classes.
@@ -78,14 +77,24 @@ class Quotient:
 
 
 def _clusters(x: np.ndarray, tol: float) -> np.ndarray:
-    """Labels of single-linkage clusters of the values ``x`` at distance ``tol`` (sorted-gap splitting)."""
+    """Labels of clusters of the values ``x``: single linkage at distance ``tol`` (sorted-gap splitting), with
+    chains wider than ``2 tol`` cut greedily, so no cluster spans more than ``2 tol``."""
     x = np.asarray(x, dtype=np.float64)
     if len(x) == 0:
         return np.zeros(0, dtype=np.int64)
     order = np.argsort(x, kind="stable")
-    new = np.concatenate([[0], (np.diff(x[order]) > tol).astype(np.int64)])
+    xs = x[order]
+    new = np.concatenate([[True], np.diff(xs) > tol])
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], len(xs))
+    for a, b in zip(starts, ends):
+        if xs[b - 1] - xs[a] > 2 * tol:  # rare: a chain of close values; restart where it drifts too far
+            first = xs[a]
+            for i in range(a + 1, b):
+                if xs[i] - first > 2 * tol:
+                    new[i], first = True, xs[i]
     labels = np.empty(len(x), dtype=np.int64)
-    labels[order] = np.cumsum(new)
+    labels[order] = np.cumsum(new) - 1
     return labels
 
 

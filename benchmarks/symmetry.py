@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     qs = [quotient_of(g) for g in graphs]
     per_ms = 1e3 * (time.perf_counter() - t) / len(graphs)
-    print(f"{where}; graph spec {args.spec}; classes found in {per_ms:.1f} ms per structure (once per run)")
+    print(f"{where}; graph spec {args.spec}; classes found in {per_ms:.1f} ms per structure (once per dataset)")
     print("members per class, whole sample: " + ", ".join(f"{k} {v:.2f}x" for k, v in reduction(qs).items()))
     if graphs[0].has_line_graph:
         per = np.array([g.num_lg_edges / max(q.num_trip_classes, 1) for g, q in zip(graphs, qs)])

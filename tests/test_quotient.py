@@ -55,10 +55,10 @@ def test_classes_are_consistent_on_real_structures(real_graphs):
         q = refine(gd.numbers, gd.src, gd.dst, gd.dist, gd.lg_src, gd.lg_dst, gd.cos)
         # members of a class share the input (within tolerance) and the classes of their endpoints
         assert np.all(gd.numbers == gd.numbers[q.atom_rep][q.atom_class])
-        assert np.abs(gd.dist - gd.dist[q.edge_rep][q.edge_class]).max() < 1e-4
+        assert np.abs(gd.dist - gd.dist[q.edge_rep][q.edge_class]).max() <= 2e-5 + 1e-9
         assert np.all(q.atom_class[gd.src] == q.atom_class[gd.src[q.edge_rep]][q.edge_class])
         assert np.all(q.atom_class[gd.dst] == q.atom_class[gd.dst[q.edge_rep]][q.edge_class])
-        assert np.abs(gd.cos - gd.cos[q.trip_rep][q.trip_class]).max() < 1e-4
+        assert np.abs(gd.cos - gd.cos[q.trip_rep][q.trip_class]).max() <= 2e-5 + 1e-9
         assert np.all(q.edge_class[gd.lg_src] == q.edge_class[gd.lg_src[q.trip_rep]][q.trip_class])
         assert np.all(q.edge_class[gd.lg_dst] == q.edge_class[gd.lg_dst[q.trip_rep]][q.trip_class])
         memo = quotient_of(gd)
@@ -68,6 +68,18 @@ def test_classes_are_consistent_on_real_structures(real_graphs):
             assert np.array_equal(getattr(memo, name), getattr(q, name)), name
     r = reduction(quotient_of(gd) for gd in real_graphs)
     assert r["triplets"] > 1.5 and r["atoms"] > 1.0  # real crystals are symmetric
+
+
+def test_input_clusters_never_span_more_than_twice_the_tolerance():
+    from bench.quotient import _clusters
+
+    chain = np.array([1.0, 1.000009, 1.000018, 1.000027, 1.000036, 2.0, 2.0000001, 0.5, 2.0 - 4e-6])
+    labels = _clusters(chain, 1e-5)
+    for k in np.unique(labels):
+        assert np.ptp(chain[labels == k]) <= 2e-5
+    assert labels[0] == labels[1] == labels[2] != labels[4]  # the chain is cut, not merged whole
+    assert labels[5] == labels[6] == labels[8] and len(np.unique(labels)) == 4
+    assert len(np.unique(_clusters(chain, 1e-12))) == 9  # distinct values, no tolerance: no merging
 
 
 def test_non_equitable_partition_is_refused():
