@@ -388,14 +388,14 @@ def _train(p: Prepared, data, base: dict, t0: float) -> dict:
     from bench.encoders import build_encoder
     from bench.registry import ENCODERS
     from bench.tasks import label_fraction
-    from bench.train import seed_everything, train_supervised
+    from bench.train import seed_everything, train_supervised, uses_quotient
 
     cfg = p.cfg
     train_idx = label_fraction(data.splits["train"], cfg.fraction, cfg.seed)
     graphs = task_graphs(data, p.graph_spec, cfg.progress)
     if len(graphs) != len(data.structures):  # load_graphs raises on failures by default; belt and braces
         raise RuntimeError(f"graph building kept {len(graphs)} of {len(data.structures)} structures")
-    if ENCODERS.get(cfg.encoder).supports_quotient and p.settings.symmetry_reduce:
+    if uses_quotient(ENCODERS.get(cfg.encoder), p.settings):
         # symmetry classes of every graph, stored beside the graph cache: once per dataset, not once per trial
         from bench.graphs import cache_path
         from bench.quotient import ensure_classes

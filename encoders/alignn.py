@@ -45,7 +45,7 @@ from torch.nn import functional as F
 from bench.registry import register_encoder
 
 from .base import Encoder, EncoderOutput
-from .layers import LinearBNSiLU, alignn_basis, batch_norm
+from .layers import LinearBNSiLU, alignn_basis, batch_norm, mean_over_atoms
 
 
 class EdgeGatedGraphConv(nn.Module):
@@ -133,11 +133,10 @@ class ALIGNN(Encoder):
         self.embedding_dim = c.hidden
 
     def forward(self, batch, atom_mask: torch.Tensor | None = None) -> EncoderOutput:
-        # The symmetry-reduced graphs compute the same function (bench.quotient); a per-atom mask breaks the
-        # symmetry they rely on, so it always takes the full graphs.
-        q = batch.q if atom_mask is None else None
+        # symmetry-reduced graphs when the batch has them (the same function, bench.quotient)
+        q = self.reduced_graphs(batch, atom_mask)
         g, lg = (batch.g, batch.lg) if q is None else (q.g, q.lg)
-        x = self.atom_input(batch, atom_mask) if q is None else self.featurizer(g.ndata["Z"])
+        x = self.atom_input(batch, atom_mask, q)
         nw, ew = (None, None) if q is None else (g.ndata["n"], g.edata["n"])
         h = self.atom_embedding(x, nw)
         e = _embed(self.edge_embedding, self.edge_rbf(g.edata["d"]), ew)
@@ -152,13 +151,8 @@ class ALIGNN(Encoder):
         last = len(self.gcn_layers) - 1
         for k, conv in enumerate(self.gcn_layers):
             h, e = conv(g, h, e, update_edges=k < last, quotient=q is not None)
-        if q is None:
-            pooled = dgl.ops.segment_reduce(g.batch_num_nodes(), h, "mean")
-            return EncoderOutput(node=h, pred=self.fc(pooled).squeeze(-1))
-        # mean over atoms = class-size-weighted sum over classes / atoms per crystal
-        atoms = batch.g.batch_num_nodes().to(h.dtype).unsqueeze(-1)
-        pooled = dgl.ops.segment_reduce(g.batch_num_nodes(), h * nw.unsqueeze(-1), "sum") / atoms
-        return EncoderOutput(node=h[q.atom_class], pred=self.fc(pooled).squeeze(-1))
+        pred = self.fc(mean_over_atoms(batch, h, q)).squeeze(-1)
+        return EncoderOutput(node=h if q is None else h[q.atom_class], pred=pred)
 
     @staticmethod
     def convert_reference_state_dict(ref: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

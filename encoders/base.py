@@ -43,8 +43,17 @@ class Encoder(nn.Module):
         self.config = config
         self.featurizer = featurizer
 
-    def atom_input(self, batch: Any, atom_mask: torch.Tensor | None) -> torch.Tensor:
-        """Featurized atoms (N, featurizer.dim); rows of masked atoms replaced by zeros (no input mutated)."""
+    def reduced_graphs(self, batch: Any, atom_mask: torch.Tensor | None) -> Any:
+        """The symmetry-reduced graphs to run on (``batch.q``, see bench/quotient.py), or None for the full ones:
+        only for an encoder that supports them, and never with an ``atom_mask`` (a mask breaks the symmetry)."""
+        q = getattr(batch, "q", None)
+        return q if q is not None and self.supports_quotient and atom_mask is None else None
+
+    def atom_input(self, batch: Any, atom_mask: torch.Tensor | None, reduced: Any = None) -> torch.Tensor:
+        """Featurized atoms (N, featurizer.dim); rows of masked atoms replaced by zeros (no input mutated).
+        With ``reduced`` (``reduced_graphs``), one row per atom class instead."""
+        if reduced is not None:
+            return self.featurizer(reduced.g.ndata["Z"])
         x = self.featurizer(batch.g.ndata["Z"])
         if atom_mask is not None:
             if atom_mask.shape != (x.shape[0],) or atom_mask.dtype != torch.bool:

@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from bench.registry import register_encoder
 
 from .base import Encoder, EncoderOutput
-from .layers import batch_norm, cgcnn_basis
+from .layers import batch_norm, cgcnn_basis, mean_over_atoms
 
 
 class CGCNNConv(nn.Module):
@@ -89,18 +89,12 @@ class CGCNN(Encoder):
         self.embedding_dim = c.hidden
 
     def forward(self, batch, atom_mask: torch.Tensor | None = None) -> EncoderOutput:
-        # symmetry-reduced graphs when the batch has them (bench.quotient); a per-atom mask needs the full graph
-        q = batch.q if atom_mask is None else None
+        q = self.reduced_graphs(batch, atom_mask)  # symmetry-reduced graphs when the batch has them
         g = batch.g if q is None else q.g
-        v = self.embedding(self.atom_input(batch, atom_mask) if q is None else self.featurizer(g.ndata["Z"]))
+        v = self.embedding(self.atom_input(batch, atom_mask, q))
         u = self.rbf(g.edata["d"])
         for conv in self.convs:
             v = conv(g, v, u, quotient=q is not None)
-        if q is None:
-            crys = dgl.ops.segment_reduce(g.batch_num_nodes(), v, "mean")
-        else:  # mean over atoms = class-size-weighted sum over classes / atoms per crystal
-            atoms = batch.g.batch_num_nodes().to(v.dtype).unsqueeze(-1)
-            crys = dgl.ops.segment_reduce(g.batch_num_nodes(), v * g.ndata["n"].unsqueeze(-1), "sum") / atoms
-            v = v[q.atom_class]
+        crys = mean_over_atoms(batch, v, q)
         pred = self.fc_out(F.softplus(self.conv_to_fc(F.softplus(crys)))).squeeze(-1)
-        return EncoderOutput(node=v, pred=pred)
+        return EncoderOutput(node=v if q is None else v[q.atom_class], pred=pred)

@@ -133,6 +133,16 @@ class SoftPlus2MLP(nn.Module):
         return x
 
 
+def mean_over_atoms(batch, h: torch.Tensor, reduced=None) -> torch.Tensor:
+    """Per-crystal mean of atom features (B, d). On symmetry-reduced graphs (``reduced``, one row per atom class)
+    the class-size-weighted sum over classes divided by the crystal's atom count: the same mean."""
+    if reduced is None:
+        return dgl.ops.segment_reduce(batch.g.batch_num_nodes(), h, "mean")
+    atoms = batch.g.batch_num_nodes().to(h.dtype).unsqueeze(-1)
+    g = reduced.g
+    return dgl.ops.segment_reduce(g.batch_num_nodes(), h * g.ndata["n"].unsqueeze(-1), "sum") / atoms
+
+
 def segment_ids(counts: torch.Tensor) -> torch.Tensor:
     """[2, 3] -> [0, 0, 1, 1, 1]: the graph index of each node or edge of a batched graph."""
     return torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)

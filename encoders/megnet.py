@@ -142,13 +142,12 @@ class MEGNet(Encoder):
         self.embedding_dim = w
 
     def forward(self, batch, atom_mask: torch.Tensor | None = None) -> EncoderOutput:
-        # symmetry-reduced graphs when the batch has them (bench.quotient); a per-atom mask needs the full graph
-        q = batch.q if atom_mask is None else None
+        q = self.reduced_graphs(batch, atom_mask)  # symmetry-reduced graphs when the batch has them
         g = batch.g if q is None else q.g
         B = g.batch_size
         node_seg = segment_ids(g.batch_num_nodes())
         edge_seg = segment_ids(g.batch_num_edges())
-        v = self.node_encoder(self.atom_input(batch, atom_mask) if q is None else self.featurizer(g.ndata["Z"]))
+        v = self.node_encoder(self.atom_input(batch, atom_mask, q))
         e = self.edge_encoder(self.rbf(g.edata["d"]))
         u = self.state_encoder(v.new_zeros(B, self.config.state_dim))
         for block in self.blocks:
