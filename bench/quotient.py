@@ -173,11 +173,10 @@ def refine(
     rounds = 0
     while rounds < MAX_ROUNDS:
         rounds += 1
+        # (bond classes already determine their endpoints' classes: set at the end of the previous round)
         if has_lg:
             key = ct * (int(ce.max()) + 1) + ce[ls]
-            ce = _relabel(ce, ca[src], ca[dst], _multiset_hash(ld, key, e, rng))
-        else:
-            ce = _relabel(ce, ca[src], ca[dst])
+            ce = _relabel(ce, _multiset_hash(ld, key, e, rng))
         key = ce * (int(ca.max()) + 1) + ca[src]
         ca = _relabel(ca, _multiset_hash(dst, key, n, rng))
         ce = _relabel(ce, ca[src], ca[dst])
