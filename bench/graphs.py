@@ -492,19 +492,29 @@ class Batch:
         )
 
 
-def _batched_graph(src_parts, dst_parts, node_counts, edge_counts):
+def _starts(counts, repeats) -> np.ndarray:
+    """Each part's start in a concatenation of parts of sizes ``counts``, repeated ``repeats[i]`` times."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return np.repeat(np.concatenate([[0], np.cumsum(counts)[:-1]]), repeats)
+
+
+def _dgl_batch(src: np.ndarray, dst: np.ndarray, node_counts, edge_counts):
+    """A batched DGL graph from global int64 edge arrays and the per-graph node and edge counts."""
     import dgl
     import torch
 
     node_counts = np.asarray(node_counts, dtype=np.int64)
-    edge_counts = np.asarray(edge_counts, dtype=np.int64)
-    node_base = np.repeat(np.concatenate([[0], np.cumsum(node_counts)[:-1]]), edge_counts)
-    src = np.concatenate(src_parts).astype(np.int64) + node_base
-    dst = np.concatenate(dst_parts).astype(np.int64) + node_base
     g = dgl.graph((torch.from_numpy(src), torch.from_numpy(dst)), num_nodes=int(node_counts.sum()))
     g.set_batch_num_nodes(torch.from_numpy(node_counts))
-    g.set_batch_num_edges(torch.from_numpy(edge_counts))
+    g.set_batch_num_edges(torch.from_numpy(np.asarray(edge_counts, dtype=np.int64)))
     return g
+
+
+def _batched_graph(src_parts, dst_parts, node_counts, edge_counts):
+    node_base = _starts(node_counts, edge_counts)
+    src = np.concatenate(src_parts).astype(np.int64) + node_base
+    dst = np.concatenate(dst_parts).astype(np.int64) + node_base
+    return _dgl_batch(src, dst, node_counts, edge_counts)
 
 
 def collate(items: Sequence[tuple[GraphData, float | None]], quotient: bool = False) -> Batch:
@@ -549,7 +559,6 @@ def collate_quotient(items: Sequence[tuple[GraphData, float | None]]) -> Batch:
 
 def _quotient_batch(gds: Sequence[GraphData]) -> QuotientBatch:
     """Vectorised over the batch: per-graph class arrays are concatenated with offsets once, then indexed."""
-    import dgl
     import torch
 
     from bench.quotient import quotient_of
@@ -559,30 +568,20 @@ def _quotient_batch(gds: Sequence[GraphData]) -> QuotientBatch:
     def cat(parts, dtype=np.int64):
         return np.concatenate(parts).astype(dtype, copy=False)
 
-    def offsets(counts, repeats):  # each graph's start in the concatenation, repeated over its rows
-        counts = np.asarray(counts, dtype=np.int64)
-        return np.repeat(np.concatenate([[0], np.cumsum(counts)[:-1]]), repeats)
-
-    def graph(src, dst, n_nodes, n_edges):
-        out = dgl.graph((torch.from_numpy(src), torch.from_numpy(dst)), num_nodes=int(np.sum(n_nodes)))
-        out.set_batch_num_nodes(torch.tensor(n_nodes, dtype=torch.int64))
-        out.set_batch_num_edges(torch.tensor(n_edges, dtype=torch.int64))
-        return out
-
     def f32(a):
         return torch.from_numpy(np.asarray(a, dtype=np.float32))
 
     n_atoms, n_edges = [gd.num_nodes for gd in gds], [gd.num_edges for gd in gds]
     n_acls, n_ecls = [q.num_atom_classes for q in qs], [q.num_edge_classes for q in qs]
-    atom_class = cat([q.atom_class for q in qs]) + offsets(n_acls, n_atoms)
-    atom_rep = cat([q.atom_rep for q in qs]) + offsets(n_atoms, n_acls)
-    edge_rep = cat([q.edge_rep for q in qs]) + offsets(n_edges, n_ecls)
-    atom_base = offsets(n_atoms, n_edges)
+    atom_class = cat([q.atom_class for q in qs]) + _starts(n_acls, n_atoms)
+    atom_rep = cat([q.atom_rep for q in qs]) + _starts(n_atoms, n_acls)
+    edge_rep = cat([q.edge_rep for q in qs]) + _starts(n_edges, n_ecls)
+    atom_base = _starts(n_atoms, n_edges)
     # a bond class's endpoints are the classes of its representative's endpoints (the same for every member)
     q_src = atom_class[(cat([gd.src for gd in gds]) + atom_base)[edge_rep]]
     q_dst = atom_class[(cat([gd.dst for gd in gds]) + atom_base)[edge_rep]]
     atom_size, edge_size = cat([q.atom_size for q in qs]), cat([q.edge_size for q in qs])
-    g = graph(q_src, q_dst, n_acls, n_ecls)
+    g = _dgl_batch(q_src, q_dst, n_acls, n_ecls)
     g.ndata["Z"] = torch.from_numpy(cat([gd.numbers for gd in gds])[atom_rep])
     g.ndata["n"] = f32(atom_size)
     g.edata["d"] = f32(cat([gd.dist for gd in gds], np.float32)[edge_rep])
@@ -591,13 +590,13 @@ def _quotient_batch(gds: Sequence[GraphData]) -> QuotientBatch:
     lg = None
     if gds[0].lg_src is not None:
         n_tcls = [q.num_trip_classes for q in qs]
-        edge_class = cat([q.edge_class for q in qs]) + offsets(n_ecls, n_edges)
-        trip_rep = cat([q.trip_rep for q in qs]) + offsets([gd.num_lg_edges for gd in gds], n_tcls)
-        edge_base = offsets(n_edges, [gd.num_lg_edges for gd in gds])
+        edge_class = cat([q.edge_class for q in qs]) + _starts(n_ecls, n_edges)
+        trip_rep = cat([q.trip_rep for q in qs]) + _starts([gd.num_lg_edges for gd in gds], n_tcls)
+        edge_base = _starts(n_edges, [gd.num_lg_edges for gd in gds])
         l_src = edge_class[(cat([gd.lg_src for gd in gds]) + edge_base)[trip_rep]]
         l_dst = edge_class[(cat([gd.lg_dst for gd in gds]) + edge_base)[trip_rep]]
         trip_size = cat([q.trip_size for q in qs])
-        lg = graph(l_src, l_dst, n_ecls, n_tcls)
+        lg = _dgl_batch(l_src, l_dst, n_ecls, n_tcls)
         lg.ndata["n"] = g.edata["n"]  # the line graph's nodes are the bond classes
         lg.edata["cos"] = f32(cat([gd.cos for gd in gds], np.float32)[trip_rep])
         lg.edata["n"] = f32(trip_size)
