@@ -152,10 +152,10 @@ def refine(
 ) -> Quotient:
     """Coarsest equitable partition (colour refinement) of atoms, directed bonds and (if given) line-graph edges.
 
-    Atoms start from Z, bonds from their length, triplets from their cosine. Each round: a bond's class joins its
-    own, its two atoms' and the multiset of (triplet, source bond) classes entering it in the line graph; an atom's
-    joins its own and the multiset of (bond, source atom) classes entering it; a triplet's joins its own and its
-    two bonds'. Stops when no class splits.
+    Atoms start from Z, bonds from their length and their two atoms' classes, triplets from their cosine and their
+    two bonds' classes. Each round: a bond's class joins its own and the multiset of (triplet, source bond) classes
+    entering it in the line graph; an atom's joins its own and the multiset of (bond, source atom) classes entering
+    it; then a bond's joins its two atoms' new classes, and a triplet's its two bonds'. Stops when no class splits.
     """
     src = np.asarray(src, dtype=np.int64)
     dst = np.asarray(dst, dtype=np.int64)
