@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -38,11 +39,32 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else user_cache_dir() / "cache"
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the kernel reports it (Linux >= 4.7), since setting
+    it to read it back would briefly give files created by other threads the wrong mode."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds.
 
-    An interrupted write leaves no half-written ``target`` (at most a stray ``.tmp`` file, never read).
+    An interrupted write leaves no half-written ``target`` (at most a stray ``.tmp`` file, never read). The file
+    gets the mode an ordinary ``open`` would give it (0o666 less the umask), not mkstemp's 0600, so a store
+    shared by a group or by the nodes of a cluster stays readable to them.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +73,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
