@@ -452,7 +452,8 @@ def _loopback_only():
 
 
 class _ProgressCallback:
-    """One line per change: trials done / running / failed and the best test MAE so far."""
+    """One line per change: trials done / running / failed and the best validation MAE so far (never the test
+    MAE: a running best on the test set invites selecting on it)."""
 
     def __init__(self, total: int) -> None:
         self.total = total
@@ -465,7 +466,8 @@ class _ProgressCallback:
         self._last = ""
 
     def _line(self) -> None:
-        best = f"best test MAE {self.best[0]:.4g} ({self.best[1]})" if self.best else "best test MAE -"
+        best = (f"best validation MAE {self.best[0]:.4g} ({self.best[1]})" if self.best
+                else "best validation MAE -")
         line = (f"[sweep] {self.done}/{self.total} done, {len(self.running)} running, "
                 f"{self.errors} error(s); {best}")
         if line != self._last:
@@ -481,8 +483,8 @@ class _ProgressCallback:
         if "test_mae" in result:
             self.results[tid] = result
             label = f"{cfg.get('task')}/{cfg.get('encoder')}/{cfg.get('features_label')}"
-            mae = float(result["test_mae"])
-            if self.best is None or mae < self.best[0]:
+            mae = float(result["val_mae"]) if "val_mae" in result else None
+            if mae is not None and (self.best is None or mae < self.best[0]):
                 self.best = (mae, label)
 
     def complete(self, tid: str) -> None:

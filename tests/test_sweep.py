@@ -455,3 +455,19 @@ def test_match_structures_flag_reaches_the_suite(tmp_path):
     matched = build_plan(build_parser().parse_args(base + ["--match-structures"]))
     assert plain.suite.match_structures is False and matched.suite.match_structures is True
     assert sweep.pretrain_config(matched, "crysatom")["match_structures"] is True
+
+
+def test_progress_line_shows_the_best_validation_mae_never_the_test_mae(capsys):
+    """A running best on the test set invites selecting on it: the sweep's line reports validation MAE."""
+    p = sweep._ProgressCallback(total=2)
+    cfg = {"task": TASK, "encoder": "cgcnn", "features_label": "onehot"}
+    p.start("a")
+    p.result("a", {"test_mae": 0.1, "val_mae": 0.9}, cfg)
+    p.complete("a")
+    p.start("b")
+    p.result("b", {"test_mae": 0.5, "val_mae": 0.3}, dict(cfg, features_label="cgcnn"))
+    p.complete("b")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].endswith("best validation MAE -")
+    assert lines[-1] == f"[sweep] 2/2 done, 0 running, 0 error(s); best validation MAE 0.3 ({TASK}/cgcnn/cgcnn)"
+    assert not any("test" in line for line in lines)
