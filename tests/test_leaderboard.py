@@ -186,6 +186,32 @@ def test_write_is_deterministic_and_check_detects_drift(tmp_path):
     assert main(["leaderboard", "--store", str(store), "--out", str(out1), "--check"]) == 1
 
 
+def test_check_defaults_to_the_leaderboard_bench_run_writes(tmp_path, monkeypatch, capsys):
+    """`bench run --store S` writes S/leaderboard; `bench leaderboard --store S [--check]` must use the same
+    directory, never ./leaderboard (in a checkout, the repository's committed leaderboard)."""
+    from bench.cli import main
+
+    store = _store(tmp_path, golden_records()[:4])
+    monkeypatch.chdir(tmp_path)
+    assert main(["leaderboard", "--store", str(store), "--no-plots"]) == 0
+    assert (store / "leaderboard" / "README.md").is_file() and not (tmp_path / "leaderboard").exists()
+    assert main(["leaderboard", "--store", str(store), "--check"]) == 0
+    write_record(store, make_record(seed=5, test_mae=0.3))
+    capsys.readouterr()
+    assert main(["leaderboard", "--store", str(store), "--check"]) == 1
+    # the suggested fix names the store's own leaderboard
+    assert f"--out {store / 'leaderboard'}`" in capsys.readouterr().err
+    assert not (tmp_path / "leaderboard").exists()
+    # what `bench run --store S` writes (its sweep stubbed out) is what `--check` then finds up to date
+    from bench import sweep
+
+    shutil.rmtree(store / "leaderboard")
+    monkeypatch.setattr(sweep, "run_sweep", lambda plan: sweep.SweepResult(0, 5, [], []))
+    assert main(["run", "--encoder", "cgcnn", "--store", str(store)]) == 0
+    assert main(["leaderboard", "--store", str(store), "--check"]) == 0
+    assert not (tmp_path / "leaderboard").exists()
+
+
 def test_missing_store_is_a_clear_error(tmp_path, capsys):
     from bench.cli import main
 

@@ -106,9 +106,10 @@ def main(args) -> int:
         print(f"[sweep] FAILED {c.get('task')} {c.get('encoder')} {c.get('features_label')} "
               f"fraction={c.get('fraction')} seed={c.get('seed')}: {f['error']}", file=sys.stderr)
     if not args.no_leaderboard:
+        from bench.commands.leaderboard import default_out
         from bench.leaderboard import write_leaderboard
 
-        out = Path(args.out) if args.out else plan.store / "leaderboard"
+        out = Path(args.out) if args.out else default_out(plan.store)
         written = write_leaderboard(plan.store, out)
         print(f"[sweep] leaderboard: {len(written)} file(s) in {out}", file=sys.stderr)
     return 1 if res.failed else 0
