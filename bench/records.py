@@ -40,6 +40,27 @@ STATUSES = ("ok", "failed")
 # Training settings that change how the same function is evaluated (float rounding only, like the device), not
 # the protocol: left out of a run's identity and of the leaderboard's protocol grouping.
 EVALUATION_ONLY_SETTINGS = ("symmetry_reduce",)
+# Training settings added after schema 1, with the value that reproduces what runs did before they existed: at
+# that value they are left out of a run's identity and of the protocol grouping, so adding a setting does not
+# change the run id of every earlier record (and a sweep in progress keeps pooling with its older records).
+SETTINGS_ADDED_AT_DEFAULT: dict[str, Any] = {"lr_milestones": [], "lr_gamma": 0.1}
+
+
+def identity_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The training settings that determine a run's numbers: without the evaluation-only ones and without
+    later-added settings at their neutral default (``SETTINGS_ADDED_AT_DEFAULT``)."""
+    out = {}
+    for k, v in settings.items():
+        if k in EVALUATION_ONLY_SETTINGS:
+            continue
+        if k in SETTINGS_ADDED_AT_DEFAULT and _plain(v) == _plain(SETTINGS_ADDED_AT_DEFAULT[k]):
+            continue
+        out[k] = v
+    return out
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
 
 
 class RecordError(ValueError):

@@ -9,7 +9,8 @@ every MAE is reported in the task's unit. The model state of the epoch with the 
 
 Optimiser, schedule, loss, batch size and epochs come from the encoder's ``TrainSettings``
 (configs/encoders/<name>.yaml): SGD with momentum / Adam / AdamW; OneCycle (stepped per batch), cosine (stepped
-per epoch, to ``lr * final_lr_fraction``) or constant; MSE or L1.
+per epoch, to ``lr * final_lr_fraction``), step decay (``lr_gamma`` at each of ``lr_milestones``) or constant;
+MSE or L1.
 
 Determinism: for a fixed seed on CPU two runs give bit-identical numbers (python, numpy and torch are seeded,
 the shuffle uses its own seeded generator, data loading runs in-process, and
@@ -144,12 +145,16 @@ def build_scheduler(opt, settings: Any, epochs: int, steps_per_epoch: int):
         # warm-up so that torch's phase boundaries (pct * total - 1) stay strictly inside the run.
         pct = min(max(pct, 1.5 / total), (total - 1.5) / total)
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(settings.lr), total_steps=total, pct_start=pct), "batch"
+    if name == "step":
+        milestones = [int(m) for m in _setting(settings, "lr_milestones", ())]
+        gamma = float(_setting(settings, "lr_gamma", 0.1))
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=gamma), "epoch"
     if name == "cosine":
         ratio = float(_setting(settings, "final_lr_fraction", 0.01))
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=float(settings.lr) * ratio), "epoch"
     from bench.registry import suggest
 
-    raise TrainingError("train settings: " + suggest(name, ["onecycle", "cosine", "none"], "scheduler"))
+    raise TrainingError("train settings: " + suggest(name, ["onecycle", "cosine", "step", "none"], "scheduler"))
 
 
 def build_loss(settings: Any) -> nn.Module:

@@ -17,6 +17,7 @@ from torch import nn
 
 from bench.config import ConfigError, from_dict, load_yaml, to_dict
 from bench.registry import ENCODERS, suggest
+from bench.settings import TrainSettings  # noqa: F401  (re-exported: the training keys of the encoder yamls)
 
 
 @dataclass(frozen=True)
@@ -112,35 +113,6 @@ def reference_feature_dim(name: str, options: dict[str, Any] | None = None) -> i
 
 
 # ---- reference model + training settings -----------------------------------------------------------------
-@dataclass(frozen=True)
-class TrainSettings:
-    """The training keys of ``configs/encoders/<name>.yaml`` (read by bench/train.py)."""
-
-    featurizer: str = "cgcnn"  # the reference atom input
-    optimizer: str = "adamw"  # sgd | adam | adamw
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
-    scheduler: str = "onecycle"  # onecycle (stepped per batch) | cosine (per epoch, to final_lr_fraction) | none
-    pct_start: float = 0.3  # onecycle warm-up fraction
-    final_lr_fraction: float = 0.01  # cosine: decay to this fraction of lr
-    loss: str = "mse"  # mse | l1
-    batch_size: int = 64
-    epochs: int = 300
-    # Evaluate on symmetry-reduced graphs where the encoder supports it (bench.quotient): the same function,
-    # equal up to float rounding, several times less work on crystals. Not part of a run's identity.
-    symmetry_reduce: bool = True
-
-    def __post_init__(self) -> None:
-        for key, allowed in (("optimizer", ("sgd", "adam", "adamw")), ("scheduler", ("onecycle", "cosine", "none")),
-                             ("loss", ("mse", "l1"))):
-            v = getattr(self, key)
-            if v not in allowed:
-                raise ConfigError(f"TrainSettings.{key}: " + suggest(v, list(allowed), key))
-        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1:
-            raise ConfigError(f"TrainSettings: lr, batch_size and epochs must be positive ({self})")
-
-
 def config_dirs() -> list[Path]:
     """Where ``encoders/<name>.yaml`` live: ``<repo>/configs/encoders`` in an editable install (this file is
     ``<repo>/encoders/base.py``), ``<site-packages>/bench/configs/encoders`` once installed (package data)."""

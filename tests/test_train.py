@@ -128,6 +128,24 @@ def test_schedules_and_optimisers_run(splits, sched, opt, loss):
         assert res.lr[-1] < 0.01 * 0.1  # OneCycle ends far below its peak
 
 
+def test_step_schedule_decays_after_each_milestone(splits):
+    # CGCNN's script: MultiStepLR, the rate times gamma once the milestone epoch has run
+    train, val, test = splits
+    res = train_supervised(small_cgcnn(), train, val, test, settings(scheduler="step", optimizer="sgd", lr=0.01,
+                           lr_milestones=(1, 3), lr_gamma=0.5, epochs=4), seed=0, progress=False)
+    assert res.lr == pytest.approx([0.005, 0.005, 0.0025, 0.0025])
+
+
+@pytest.mark.parametrize("over, match", [({"scheduler": "step"}, "needs lr_milestones"),
+                                         ({"lr_milestones": (3, 2)}, "increasing"),
+                                         ({"lr_gamma": 0.0}, "lr_gamma")])
+def test_step_schedule_settings_are_checked(over, match):
+    from bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        settings(**over)
+
+
 @pytest.mark.parametrize("pct_start, batch_size, epochs", [(0.01, 8, 2), (0.3, 16, 1), (0.99, 8, 2), (0.3, 64, 2)])
 def test_onecycle_on_tiny_runs(splits, pct_start, batch_size, epochs):
     # CartNet's pct_start 0.01 over a handful of steps used to leave torch's warm-up phase empty
