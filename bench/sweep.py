@@ -288,28 +288,115 @@ def record_exists(config: dict) -> bool:
 # ------------------------------------------------------------------------------------------ checks, devices
 
 
-def check_address(address: str, timeout: float = 3.0) -> None:
-    """A quick TCP connect to host:port of a Ray cluster's GCS, so an unreachable address fails before
-    ray.init (which would otherwise retry for a long time). 'auto' and ray:// addresses are passed through
-    only after the same check where they name a host."""
-    if address in ("auto", "local"):
-        return
+# Is a gRPC server there (Ray's GCS and Ray Client server are)? The HTTP/2 connection preface with an empty
+# SETTINGS frame (RFC 9113 section 3.4), then one unary call; a gRPC server answers any path with HTTP status 200
+# (the gRPC status travels in trailers), which HPACK encodes as the single byte 0x88. A plain TCP listener, an HTTP/1
+# server or an HTTP/2 proxy with nothing behind it does not.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_DATA, _H2_HEADERS, _H2_RST, _H2_SETTINGS, _H2_GOAWAY = 0, 1, 3, 4, 7
+_GRPC_PROBE_PATH = b"/ray.rpc.NodeInfoGcsService/GetClusterId"
+
+
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def _hpack_literal(name_index: int | None, value: bytes, name: bytes = b"") -> bytes:
+    """A header 'literal without indexing', no Huffman coding (all values here are under 127 bytes)."""
+    if name_index is None:
+        return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+    prefix = bytes([name_index]) if name_index < 15 else bytes([15, name_index - 15])
+    return prefix + bytes([len(value)]) + value
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'[ray://]host:port' (IPv6 hosts in brackets) -> (host, port); SweepError naming --address otherwise."""
     hostport = address.split("://", 1)[-1]
     if ":" not in hostport:
         raise SweepError(f"--address {address!r}: expected host:port (e.g. 10.0.0.5:6379)")
     host, port_s = hostport.rsplit(":", 1)
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         port = int(port_s)
     except ValueError:
         raise SweepError(f"--address {address!r}: port {port_s!r} is not a number") from None
+    if not host or not 0 < port < 65536:
+        raise SweepError(f"--address {address!r}: expected host:port (e.g. 10.0.0.5:6379)")
+    return host, port
+
+
+def _grpc_problem(sock: socket.socket, authority: str, deadline: float) -> str | None:
+    """One gRPC call on ``sock``: None when the response headers carry HTTP status 200 before ``deadline``,
+    else what went wrong, in a few words."""
+    block = (b"\x83\x86"  # :method POST, :scheme http (HPACK static table)
+             + _hpack_literal(4, _GRPC_PROBE_PATH) + _hpack_literal(1, authority.encode("idna"))
+             + _hpack_literal(31, b"application/grpc") + _hpack_literal(None, b"trailers", b"te"))
+    message = bytes(5)  # an uncompressed, empty protobuf message
+    sock.sendall(_H2_PREFACE + _h2_frame(_H2_HEADERS, 0x4, 1, block) + _h2_frame(_H2_DATA, 0x1, 1, message))
+    buf = b""
+
+    def read(n: int) -> bytes:
+        nonlocal buf
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout
+            sock.settimeout(left)
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError
+            buf += chunk
+        out, buf = buf[:n], buf[n:]
+        return out
+
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
+        first = True
+        while True:
+            header = read(9)
+            length, kind, flags = int.from_bytes(header[:3], "big"), header[3], header[4]
+            stream = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+            if first and kind != _H2_SETTINGS:  # an HTTP/2 server's first frame is SETTINGS
+                return "it does not speak HTTP/2, as gRPC does"
+            first = False
+            payload = read(length)
+            if kind == _H2_SETTINGS and not flags & 0x1:
+                sock.sendall(_h2_frame(_H2_SETTINGS, 0x1, 0, b""))  # acknowledge, as the protocol requires
+            elif kind == _H2_GOAWAY or (kind == _H2_RST and stream == 1):
+                return "it refused the gRPC call"
+            elif kind == _H2_HEADERS and stream == 1:
+                skip = (1 if flags & 0x8 else 0) + (5 if flags & 0x20 else 0)  # PADDED pad length, PRIORITY
+                return None if payload[skip:skip + 1] == b"\x88" else "it answered, but not as a gRPC server"
+    except socket.timeout:
+        return "no answer"
+    except OSError:
+        return "it closed the connection without a gRPC answer"
+
+
+def check_address(address: str, timeout: float = 3.0, handshake_timeout: float = 10.0) -> None:
+    """Fail fast, in one line, unless ``address`` is a Ray head that answers: a TCP connect (``timeout``),
+    then one gRPC call (``handshake_timeout``), since ray.init on a port where something else listens
+    retries forever, and on an unreachable one for half a minute with tracebacks. 'auto' and 'local' are
+    passed through."""
+    if address in ("auto", "local"):
+        return
+    host, port = split_address(address)
+    deadline = time.monotonic() + timeout + handshake_timeout
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as e:
         raise SweepError(
             f"--address {address}: cannot connect to {host}:{port} ({e}). Start the head node with "
             f"`ray start --head --port {port}` or drop --address to run locally."
         ) from None
+    with sock:
+        problem = _grpc_problem(sock, f"{host}:{port}", deadline)
+    if problem == "no answer":
+        problem = f"no answer in {timeout + handshake_timeout:g} s"
+    if problem:
+        raise SweepError(
+            f"--address {address}: {host}:{port} accepts connections but is not a Ray head ({problem}); give the "
+            "address `ray start --head` printed (port 6379 by default) or drop --address to run locally."
+        )
 
 
 def choose_device(requested: str, gpu_ids: list, cuda_available: bool) -> str:
@@ -397,7 +484,7 @@ def init_ray(address: str | None, cpus_per_trial: float, gpus_per_trial: float,
             or (Path.home() / ".ray" / "auth_token").is_file()
         ):
             os.environ["RAY_AUTH_MODE"] = "token"
-        host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+        host = split_address(address)[0]
         if host in ("127.0.0.1", "localhost", "::1"):
             # A cluster on loopback (tests, one machine): the driver must register as 127.0.0.1 too.
             with _loopback_only():

@@ -228,6 +228,89 @@ def test_unreachable_address_fails_fast(no_ray, capsys, tmp_path, monkeypatch):
         sweep.check_address("somehost")
 
 
+class _FakeServer:
+    """A loopback TCP listener that is not a Ray head: it accepts, then stays silent, answers HTTP/1, or plays
+    a minimal gRPC server (HTTP/2 SETTINGS, then response headers with :status 200 = HPACK 0x88)."""
+
+    def __init__(self, mode: str) -> None:
+        import threading
+
+        self.mode, self.sock = mode, socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            if self.mode == "http1":
+                c.recv(4096)
+                c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                c.close()
+            elif self.mode == "grpc":
+                c.recv(4096)
+                settings = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+                headers = bytes([0, 0, 1, 1, 4, 0, 0, 0, 1, 0x88])
+                c.sendall(settings + headers)
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("mode, problem", [("silent", "no answer in 1.5 s"),
+                                           ("http1", "it does not speak HTTP/2, as gRPC does")])
+def test_an_address_that_accepts_tcp_but_is_not_ray_fails_in_bounded_time(mode, problem):
+    srv = _FakeServer(mode)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(sweep.SweepError) as e:
+            sweep.check_address(f"127.0.0.1:{srv.port}", timeout=0.5, handshake_timeout=1.0)
+        assert time.monotonic() - t0 < 5
+        msg = str(e.value)
+        assert msg.startswith(f"--address 127.0.0.1:{srv.port}: ") and "\n" not in msg
+        assert f"accepts connections but is not a Ray head ({problem})" in msg
+    finally:
+        srv.close()
+    grpc = _FakeServer("grpc")  # what a Ray head (its GCS, or the Ray Client server) looks like: it passes
+    try:
+        sweep.check_address(f"127.0.0.1:{grpc.port}", timeout=0.5, handshake_timeout=1.0)
+        sweep.check_address(f"ray://127.0.0.1:{grpc.port}", timeout=0.5, handshake_timeout=1.0)
+    finally:
+        grpc.close()
+
+
+def test_bench_run_to_a_port_that_is_not_ray_exits_2_with_one_line(no_ray, capsys, tmp_path):
+    from bench.cli import main
+
+    srv = _FakeServer("http1")
+    try:
+        t0 = time.monotonic()
+        assert main(["run", "--store", str(tmp_path), "--encoder", "cgcnn", "--address",
+                     f"127.0.0.1:{srv.port}"]) == 2
+        assert time.monotonic() - t0 < 15
+    finally:
+        srv.close()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "is not a Ray head" in err[0] and "Traceback" not in err[0], err
+
+
+def test_split_address():
+    assert sweep.split_address("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert sweep.split_address("ray://head:10001") == ("head", 10001)
+    assert sweep.split_address("[::1]:6379") == ("::1", 6379)
+    for bad in ("somehost", ":6379", "h:0", "h:x"):
+        with pytest.raises(sweep.SweepError, match="--address"):
+            sweep.split_address(bad)
+
+
 # ------------------------------------------------------------------------------------------ Ray
 
 
@@ -305,6 +388,8 @@ def test_address_local_starts_the_same_loopback_only_instance(how, monkeypatch):
         assert listening, "expected Ray's servers among this process's children"
         assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip, _ in listening), listening
         assert ray.cluster_resources().get("CPU") == 1  # the resources asked for, as for address=None
+        # a real Ray head passes the address probe (token authentication on or off)
+        sweep.check_address(ray._private.worker.global_worker.node.gcs_address, timeout=2, handshake_timeout=5)
     finally:
         ray.shutdown()
 
