@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -98,11 +99,19 @@ def test_paired_test_matches_scipy_and_pairs_by_seed():
 
 
 def test_cell_text_mean_std_relative_change():
-    cell = lb.cell_text({0: 0.09, 1: 0.11}, {0: 0.1, 1: 0.12})
+    cell = lb.cell_text({0: 0.09, 1: 0.11}, {0: 0.1, 1: 0.12}, 4)
     m, s = 0.1, math.sqrt(((0.09 - 0.1) ** 2 + (0.11 - 0.1) ** 2) / 1)
-    assert cell.startswith(f"{lb.fmt(m)} ± {lb.fmt(s)} (2), ")
+    assert cell.startswith(f"{lb.fmt(m, 4)} ± {lb.fmt(s, 4)} (2), ") and cell.startswith("0.1000 ± 0.0141 (2), ")
     assert "-9.1%" in cell  # (0.10 - 0.11) / 0.11
-    assert lb.cell_text({0: 0.2}, None) == "0.2 ± n/a (1)"
+    assert lb.cell_text({0: 0.2}, None, 3) == "0.200 ± n/a (1)"
+
+
+def test_decimals_give_the_typical_mae_three_significant_digits():
+    assert lb.decimals_for([0.0625]) == 4 and lb.decimals_for([0.231, 0.509, 0.453]) == 3
+    assert lb.decimals_for([12.5, 15.1, 40.0]) == 1 and lb.decimals_for([150.0]) == 0
+    assert lb.decimals_for([0.09996]) == 3  # rounds to 0.100 first
+    assert lb.decimals_for([0.001, 0.2, 0.3]) == 3  # the median decides, not the smallest cell
+    assert lb.fmt(3.609e-06, 4) == "0.0000" and lb.fmt(1234.4, 0) == "1234"  # never exponent notation
 
 
 # ------------------------------------------------------------------------------------------ grouping
@@ -118,7 +127,7 @@ def test_versions_and_protocols_are_never_mixed():
     assert page.count("## Protocol") == 2
     assert "cgcnn (v1, options" in page and "cgcnn (v2, options" in page
     assert "table bbbbbbbb" in page and "table cccccccc" in page
-    assert "0.4 ± n/a (1)" in page  # the n_test=9 run sits alone in its own section
+    assert "0.400 ± n/a (1)" in page  # the n_test=9 run sits alone in its own section
 
 
 def test_duplicate_seed_under_identical_display_settings_is_an_error():
@@ -233,7 +242,7 @@ def test_records_of_different_code_or_task_versions_are_never_averaged():
         new = [rec(s, 0.3, **bump) for s in range(3)]  # same seeds 0, 1 and a new seed 2
         page = lb.render(old + new)["dft_3d_formation_energy_peratom.md"]
         assert page.count("## Protocol") == 2, bump
-        assert "0.1 ± 0 (2)" in page and "0.3 ± 0 (3)" in page, bump
+        assert "0.100 ± 0.000 (2)" in page and "0.300 ± 0.000 (3)" in page, bump
         index = lb.render(old + new)["README.md"]  # the index counts each version's runs on its own row
         proto = index.split("## Protocol")[1].split("## Components")[0]
         rows = [line for line in proto.splitlines() if line.startswith("| dft_3d")]
@@ -262,7 +271,183 @@ def test_symmetry_reduce_does_not_split_a_protocol():
             make_record(seed=1, test_mae=0.2, settings={"lr": 0.001, "symmetry_reduce": True}),
             make_record(seed=2, test_mae=0.3, settings={"lr": 0.001, "symmetry_reduce": False})]
     page = lb.render(recs)["dft_3d_formation_energy_peratom.md"]
-    assert page.count("## Protocol") == 1 and "0.2 ± 0.1 (3)" in page
+    assert page.count("## Protocol") == 1 and "0.200 ± 0.100 (3)" in page
     page = lb.render(recs + [make_record(seed=0, test_mae=0.5, settings={"lr": 0.01})])[
         "dft_3d_formation_energy_peratom.md"]
     assert page.count("## Protocol") == 2
+
+
+# ------------------------------------------------------------------------------------------ pages: format, ranks
+
+_MEAN_STD = re.compile(r"(\S+) ± (\S+) \(\d+\)")
+
+
+def _decimals_of(page: str) -> set[int]:
+    """Decimal places of every mean and std printed on a page (an exponent counts as a format of its own)."""
+    out = set()
+    for pair in _MEAN_STD.findall(page):
+        for x in pair:
+            if x != "n/a":
+                out.add(-1 if "e" in x else len(x.partition(".")[2]))
+    return out
+
+
+def test_every_mean_and_std_of_a_task_has_the_same_decimals():
+    """The issue's example: `0.8374 ± 3.609e-06` beside `0.8005 ± 0.05951` on one page. The per-task format
+    prints both with the decimals that give the typical mean 3 significant digits, never in exponent notation."""
+    recs = [make_record(seed=s, test_mae=0.8374 + d) for s, d in enumerate((0.0, 3.6e-6, 1.8e-6))]
+    recs += [make_record(label="mine", seed=s, test_mae=v) for s, v in enumerate((0.75, 0.80, 0.85))]
+    recs += [make_record(label="mine", fraction=0.1, seed=s, test_mae=v) for s, v in enumerate((1.2, 1.3))]
+    recs += [make_record(task="dft_3d_bulk_modulus_kv", unit="GPa", seed=s, test_mae=v)
+             for s, v in enumerate((14.2, 15.33, 16.01))]
+    pages = lb.render(recs)
+    fe = pages["dft_3d_formation_energy_peratom.md"]
+    assert _decimals_of(fe) == {3}, fe
+    assert "0.837 ± 0.000 (3)" in fe and "0.800 ± 0.050 (3)" in fe and "1.250 ± 0.071 (2)" in fe
+    assert _decimals_of(pages["dft_3d_bulk_modulus_kv.md"]) == {1}
+    assert "15.2 ± 0.9 (3)" in pages["dft_3d_bulk_modulus_kv.md"]
+    # the golden pages too: one format per task, percentages with one decimal
+    for name, page in lb.render(golden_records()).items():
+        if name not in ("README.md", "SUMMARY.md"):
+            assert len(_decimals_of(page)) == 1, name
+            assert all(len(p.partition(".")[2]) == 1 for p in re.findall(r"[+-]\d+\.\d+(?=%)", page)), name
+
+
+def _row(page: str, featurizer: str) -> list[str]:
+    line = next(ln for ln in page.splitlines() if ln.startswith(f"| {featurizer} "))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_rows_are_featurizers_columns_fractions_with_ranks():
+    means = {"onehot": (0.30, 0.10), "a": (0.25, 0.12), "b": (0.40, 0.10), "c": (0.25, 0.09)}
+    recs = [make_record(label=lab, fraction=f, seed=s, test_mae=m + (0.001 if s else -0.001) * (1 + (lab == "a")))
+            for lab, ms in means.items() for f, m in zip((0.1, 1.0), ms) for s in range(2)]
+    page = lb.render(recs)["dft_3d_formation_energy_peratom.md"]
+    header = next(ln for ln in page.splitlines() if ln.startswith("| featurizer"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "featurizer", "fraction 0.1 [eV/atom]", "fraction 1 [eV/atom]"]
+    rows = [ln.split("|")[1].strip() for ln in page.splitlines() if ln.startswith("| ") and "±" in ln]
+    assert rows == ["onehot", "a", "b", "c"]  # one-hot first, then by name
+    # equal means share the better rank (competition ranking); 1 = lowest mean MAE
+    assert [_row(page, f)[1].rsplit("rank ", 1)[1] for f in rows] == ["3", "1", "4", "1"]
+    assert [_row(page, f)[2].rsplit("rank ", 1)[1] for f in rows] == ["2", "4", "2", "1"]
+    assert _row(page, "onehot")[1] == "0.300 ± 0.001 (2), rank 3"
+    assert _row(page, "b")[1].startswith("0.400 ± 0.001 (2), +33.3%, p n/a")  # identical differences: no test
+
+
+def test_one_table_per_encoder_and_one_line_per_featurizer_in_the_plot():
+    recs = [make_record(encoder=e, label=lab, fraction=f, seed=s, test_mae=0.1 + s / 100 + (lab == "x") / 50)
+            for e in ("alignn", "cgcnn") for lab in ("onehot", "x") for f in (0.1, 1.0) for s in range(2)]
+    page = lb.render(recs)["dft_3d_formation_energy_peratom.md"]
+    assert page.count("### Encoder alignn") == 1 and page.count("### Encoder cgcnn") == 1
+    figs = lb._plots(recs)
+    try:
+        ax = figs["dft_3d_formation_energy_peratom_1.png"].axes[0]
+        assert ax.get_xscale() == "log"
+        assert ax.get_legend_handles_labels()[1] == ["alignn / onehot", "alignn / x", "cgcnn / onehot", "cgcnn / x"]
+    finally:
+        import matplotlib.pyplot as plt
+
+        for f in figs.values():
+            plt.close(f)
+
+
+# ------------------------------------------------------------------------------------------ summary page
+
+_BASE = (0.100, 0.110, 0.105)
+_NOISE = (0.0002, -0.0003, 0.0001)  # sums to 0: the mean change is exactly the scale factor
+
+
+def summary_records() -> list[dict]:
+    """Known effects on two tasks x two fractions: `good` is 10 % better (significant) except on the band gap at
+    fraction 1 (no change), `bad` 20 % worse (significant), `same` unchanged on average (p = 1)."""
+    recs = []
+    for task, unit in (("dft_3d_formation_energy_peratom", "eV/atom"), ("dft_3d_mbj_bandgap", "eV")):
+        for frac, scale in ((0.1, 3.0), (1.0, 1.0)):
+            for s, b in enumerate(_BASE):
+                b *= scale
+                good = 0.9 if (task, frac) != ("dft_3d_mbj_bandgap", 1.0) else 1.0
+                for lab, v in (("onehot", b), ("good", good * b + _NOISE[s]), ("bad", 1.2 * b + _NOISE[s]),
+                               ("same", b + (0.01, -0.01, 0.0)[s])):
+                    recs.append(make_record(task=task, unit=unit, label=lab, fraction=frac, seed=s, test_mae=v))
+    return recs
+
+
+def test_summary_marks_significance_and_reads_only_the_numbers():
+    page = lb.render(summary_records())["SUMMARY.md"]
+    assert "![% change of the mean test MAE against onehot](SUMMARY_1.png)" in page
+    header = next(ln for ln in page.splitlines() if ln.startswith("| featurizer"))
+    assert [c.strip() for c in header.strip("|").split("|")][1:] == [
+        "dft_3d_formation_energy_peratom, 0.1", "dft_3d_formation_energy_peratom, 1",
+        "dft_3d_mbj_bandgap, 0.1", "dft_3d_mbj_bandgap, 1"]
+    assert _row(page, "onehot: test MAE")[1:] == ["0.315 eV/atom", "0.105 eV/atom", "0.315 eV", "0.105 eV"]
+    assert _row(page, "good")[1:] == ["-10.0%*", "-10.0%*", "-10.0%*", "+0.0%"]
+    assert _row(page, "bad")[1:] == ["+20.0%*"] * 4
+    assert _row(page, "same")[1:] == ["+0.0%"] * 4
+    reading = page.split("### Reading")[1]
+    assert ("- 12 (featurizer, task, fraction) cells over 4 (task, fraction) columns: 3 significantly better than "
+            "onehot") in reading and "4 significantly worse, 5 without a significant difference." in reading
+    assert "- **good**: significantly better than onehot in 3 of 4 (task, fraction) cells, significantly worse in 0;"\
+        in reading
+    assert "largest gain -10.0% on dft_3d_formation_energy_peratom at fraction 0.1 (p=" in reading
+    assert "- **bad**: significantly better than onehot in 0 of 4 (task, fraction) cells, significantly worse in 4; "\
+        "its mean test MAE is not below onehot's in any cell." in reading
+    assert "- dft_3d_mbj_bandgap at fraction 1: no featurizer is significantly better than onehot; " \
+           "significantly worse: bad (+20.0%, p" in reading
+    assert "- dft_3d_formation_energy_peratom at fraction 1: significantly better than onehot: good (-10.0%, p" \
+        in reading
+
+
+def test_summary_heatmap_is_written_and_rendering_is_deterministic(tmp_path):
+    recs = summary_records()
+    assert lb.render(recs) == lb.render(list(reversed(recs)))  # record order never matters
+    store = _store(tmp_path, recs)
+    a, b = tmp_path / "a", tmp_path / "b"
+    lb.write_leaderboard(store, a)
+    lb.write_leaderboard(store, b)
+    assert (a / "SUMMARY_1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    for p in a.iterdir():
+        assert p.read_bytes() == (b / p.name).read_bytes(), p.name
+    assert "(SUMMARY.md)" in (a / "README.md").read_text()  # linked from the index
+    assert lb.check_leaderboard(store, a) == []
+
+
+def test_summary_of_no_records():
+    page = lb.render([])["SUMMARY.md"]
+    assert page.startswith(lb.HEADER) and "(no completed runs)" in page
+
+
+# ------------------------------------------------------------------------------------------ reference anchor
+
+
+def _full(r: dict, limits: dict | None = None) -> dict:
+    r = dict(r, dataset_key="dft_3d_2021-8577236-0b8e8b15777e", limits=limits or
+             {"train": None, "val": None, "test": None})
+    return r
+
+
+def test_reference_anchor_only_for_full_official_runs():
+    refs = {("dft_3d_formation_energy_peratom", "cgcnn"): lb.Reference(0.0625, "JARVIS-Leaderboard cgcnn_model",
+                                                                       "cgcnn", "eV/atom")}
+    recs = [_full(make_record(label=lab, fraction=f, seed=s, test_mae=m + s / 1000))
+            for lab, m in (("onehot", 0.09), ("cgcnn", 0.08)) for f in (0.1, 1.0) for s in range(3)]
+    page = lb.render(recs, refs)["dft_3d_formation_energy_peratom.md"]
+    line = next(ln for ln in page.splitlines() if ln.startswith("Reference anchor"))
+    assert line == ("Reference anchor: published cgcnn (JARVIS-Leaderboard cgcnn_model): 0.0625 eV/atom; ours "
+                    "(cgcnn, cgcnn, fraction 1): 0.0810 ± 0.0010 eV/atom over 3 seed(s), ratio 1.30 (ours / "
+                    "published).")
+    assert "Reference anchor" not in lb.render(recs)["dft_3d_formation_energy_peratom.md"]  # no references given
+    limited = [_full(r, {"train": None, "val": 500, "test": 1000}) for r in recs]
+    assert "Reference anchor" not in lb.render(limited, refs)["dft_3d_formation_energy_peratom.md"]
+    sample = [dict(r, dataset_key="dft_3d_2021-sample-1-abc") for r in recs]
+    assert "Reference anchor" not in lb.render(sample, refs)["dft_3d_formation_energy_peratom.md"]
+    no_bits = [r for r in recs if r["features_label"] != "cgcnn" or r["fraction"] != 1.0]
+    assert "Reference anchor" not in lb.render(no_bits, refs)["dft_3d_formation_energy_peratom.md"]
+
+
+def test_package_reference_csv():
+    refs = lb.load_references()
+    assert refs[("dft_3d_formation_energy_peratom", "cgcnn")][:1] == (0.0625,)
+    assert refs[("dft_3d_mbj_bandgap", "cgcnn")].unit == "eV"
+    assert all(r.featurizer == "cgcnn" and "57afc55f" in r.source for r in refs.values())
