@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from bench.config import canonical
 from bench.paths import atomic_path, atomic_write_text
-from bench.records import EVALUATION_ONLY_SETTINGS
+from bench.records import identity_settings
 
 BASELINE = "onehot"
 ALPHA = 0.05
@@ -115,7 +115,8 @@ def protocol_of(r: dict) -> Protocol:
                                                                 ("graph_code_version", "graph code"),
                                                                 ("run_code_version", "run code")) if key in ident)
     # the featurizer is the axis a section compares, not a protocol setting (records name the one they used)
-    settings = {k: v for k, v in r["train_settings"].items() if k not in (*EVALUATION_ONLY_SETTINGS, "featurizer")}
+    # (and settings added later, at their neutral default, so records from before they existed pool)
+    settings = {k: v for k, v in identity_settings(r["train_settings"]).items() if k != "featurizer"}
     return Protocol(base, int(r["epochs"]), int(r["n_val"]), int(r["n_test"]), _h(settings), code)
 
 
