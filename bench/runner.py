@@ -341,6 +341,7 @@ def run_one(config: dict[str, Any]) -> dict[str, Any]:
         "unit": data.unit,
         "dataset_key": data.dataset_key,
         "data_source": data.source,
+        "skipped_entries": len(data.skipped),  # bad entries a --skip-bad custom task (or on_error='skip') left out
         "encoder": cfg.encoder,
         "encoder_version": p.encoder_version,
         "encoder_options": p.encoder_options,

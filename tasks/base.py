@@ -313,7 +313,13 @@ def load_task(name: str, data_dir=None, *, on_error: str = "raise") -> TaskData:
     if loader is None:
         raise TaskError(f"task {name!r}: no loader for kind {task.kind!r} (have {sorted(LOADERS)})")
     data = loader(task, data_dir, on_error)
-    if data.skipped:
-        notice(f"task {name}: skipped {len(data.skipped)} entries (on_error='skip'), e.g. "
+    if data.skipped and (name, data.dataset_key) not in _SKIP_NOTICED:
+        # once per process: a sweep loads each task once per planned trial
+        _SKIP_NOTICED.add((name, data.dataset_key))
+        why = "registered with --skip-bad" if getattr(task.spec, "skip_bad", False) else "on_error='skip'"
+        notice(f"task {name}: skipped {len(data.skipped)} bad entries ({why}), e.g. "
                + "; ".join(f"{i}: {r}" for i, r in data.skipped[:3]))
     return data
+
+
+_SKIP_NOTICED: set[tuple[str, str]] = set()

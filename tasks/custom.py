@@ -5,31 +5,36 @@ POSCAR text, or a jarvis-tools atoms dict) and a target column.
 Registered with ``bench data add NAME PATH ...`` into ``<data dir>/custom_tasks.json`` (atomic write) and
 re-registered on import of ``bench.tasks`` so ``--task NAME`` works everywhere. Custom data has no official split,
 so it is split with ALIGNN's seed-123 rule (``bench.tasks.base.seed123_split``) over the entries that have a value,
-in file order. A bad entry (missing or malformed CIF, unknown element, "na"/non-finite target, duplicate id) is an
-error naming it, or is skipped and counted with ``on_error="skip"``. Parsed structures are cached (npz, no pickle)
-keyed by the content of every input file.
+in file order. A bad entry (missing, empty or malformed CIF, unknown element, atoms closer than 0.5 Å,
+"na"/non-finite target, duplicate id) is an error naming every bad entry with its cause, or is skipped and counted:
+``bench data add --skip-bad`` (``on_error="skip"``) stores that choice with the task (``skip_bad`` in the registry),
+so every later load of it (``bench train``, ``bench run``, ``bench data info``) skips the same entries and reports
+how many. A task whose validation or test split would be empty is refused. Parsed structures are cached (npz, no
+pickle) keyed by the content of every input file.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from bench import paths
 from bench.registry import TASKS, suggest
-from bench.structures import Structure, StructureError
+from bench.structures import Structure, StructureError, check_distances
 from bench.tasks.base import LOADERS, Task, TaskData, TaskError, _with_selection, notice, seed123_split
 
 REGISTRY_FILE = "custom_tasks.json"
-PARSE_VERSION = "1"
+PARSE_VERSION = "2"  # 2: atoms closer than 0.5 Å refused; CIF failures give their real cause
+SHOW_BAD = 10  # bad entries named in an error message; the rest are counted and listed in a file
 FORMATS = ("cgcnn", "csv", "json")
 _STRUCTURE_COLUMNS = ("atoms", "structure", "cif", "poscar")
 _ID_COLUMNS = ("id", "jid", "material_id", "mpid", "name")
@@ -42,10 +47,11 @@ class CustomSource:
     target: str | None = None  # column (csv/json); cgcnn uses the second id_prop.csv column
     structure_column: str | None = None
     id_column: str | None = None
+    skip_bad: bool = False  # registered with --skip-bad: every load leaves bad entries out (counted)
 
     def describe(self) -> dict:
         return {"path": self.path, "format": self.format, "target_column": self.target,
-                "structure_column": self.structure_column, "id_column": self.id_column}
+                "structure_column": self.structure_column, "id_column": self.id_column, "skip_bad": self.skip_bad}
 
 
 # ---- reading raw entries ------------------------------------------------------------------------------
@@ -66,18 +72,40 @@ def _detect_format(path: Path) -> str:
     raise TaskError(f"{path}: unsupported data file (use a CGCNN folder, a .csv or a .json file)")
 
 
+def _read_text(path: Path) -> str:
+    """A data file's text: UTF-8, with or without a byte-order mark; anything else is a one-line error."""
+    data = path.read_bytes()
+    if b"\x00" in data:  # UTF-16/32 text and binary files hold NUL bytes; UTF-8 text never does
+        raise TaskError(f"{path}: not UTF-8 text (it holds NUL bytes: a binary file, or UTF-16?); save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{path}: not UTF-8 text (byte {e.start} is not valid UTF-8); save it as UTF-8") from None
+
+
+def _csv_rows(path: Path, text: str) -> list[list[str]]:
+    """CSV rows of ``text``; a structure column may hold CIF text longer than csv's default 128 KiB field limit."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(max(old, 1 << 30))
+    try:
+        return list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise TaskError(f"{path}: not a readable CSV file ({e})") from None
+    finally:
+        csv.field_size_limit(old)
+
+
 def _table_rows(src: CustomSource) -> tuple[list[str], list[dict]]:
     path = Path(src.path)
     if not path.is_file():
         raise TaskError(f"custom data file {path} not found")
     if src.format == "csv":
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            rows = list(reader)
-            cols = list(reader.fieldnames or [])
+        lines = _csv_rows(path, _read_text(path))
+        cols = lines[0] if lines else []
+        rows = [dict(zip(cols, r)) for r in lines[1:] if r]
         return cols, rows
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise TaskError(f"{path}: not valid JSON ({e})") from None
     if isinstance(doc, dict):  # {"id": {...}, ...} or {"data": [...]}
@@ -119,7 +147,7 @@ def resolve_columns(src: CustomSource, cols: list[str]) -> CustomSource:
         if len(rest) != 1:
             raise TaskError(f"{path}: name the target column with --target (candidates: {', '.join(rest) or 'none'})")
         tc = rest[0]
-    return CustomSource(src.path, src.format, tc, sc, ic)
+    return replace(src, target=tc, structure_column=sc, id_column=ic)
 
 
 def _raw_entries(src: CustomSource) -> list[tuple[str, str, object, object]]:
@@ -131,14 +159,13 @@ def _raw_entries(src: CustomSource) -> list[tuple[str, str, object, object]]:
         idp = folder / "id_prop.csv"
         if not idp.is_file():
             raise TaskError(f"{folder}: id_prop.csv not found")
-        with open(idp, newline="") as fh:
-            for n, row in enumerate(csv.reader(fh), start=1):
-                if not row or not "".join(row).strip():
-                    continue
-                if len(row) < 2:
-                    raise TaskError(f"{idp} line {n}: expected 'id,target', got {','.join(row)!r}")
-                i = row[0].strip()
-                out.append((i, f"{i}.cif (id_prop.csv line {n})", ("cif-file", str(folder / f"{i}.cif")), row[1]))
+        for n, row in enumerate(_csv_rows(idp, _read_text(idp)), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) < 2:
+                raise TaskError(f"{idp} line {n}: expected 'id,target', got {','.join(row)!r}")
+            i = row[0].strip()
+            out.append((i, f"{i}.cif (id_prop.csv line {n})", ("cif-file", str(folder / f"{i}.cif")), row[1]))
         return out
     cols, rows = _table_rows(src)
     src = resolve_columns(src, cols)
@@ -161,12 +188,21 @@ def _parse_target(v) -> float:
 
 
 def _structure(payload, where: str) -> Structure:
+    s = _read_structure(payload, where)
+    check_distances(s)  # overlapping atoms parse fine but are no crystal
+    return s
+
+
+def _read_structure(payload, where: str) -> Structure:
     kind, value = payload
     if kind == "cif-file":
         p = Path(value)
         if not p.is_file():
             raise StructureError(f"entry {where}: structure file {p} not found")
-        return Structure.from_cif(p.read_text(errors="replace"), where)
+        data = p.read_bytes()
+        if not data.strip():
+            raise StructureError(f"entry {where}: structure file {p} is empty")
+        return Structure.from_cif(data.decode("utf-8-sig", errors="replace"), where)
     if kind == "dict":
         return Structure.from_jarvis(value, where)
     text = str(value)
@@ -190,7 +226,9 @@ def _structure(payload, where: str) -> Structure:
 
 
 def _content_key(src: CustomSource, entries) -> str:
-    h = hashlib.sha1(json.dumps(asdict(src), sort_keys=True).encode() + PARSE_VERSION.encode())
+    # skip_bad selects entries (named by the dataset key's id list) but does not change how files parse
+    spec = {k: v for k, v in asdict(src).items() if k != "skip_bad"}
+    h = hashlib.sha1(json.dumps(spec, sort_keys=True).encode() + PARSE_VERSION.encode())
     if src.format == "cgcnn":
         h.update((Path(src.path) / "id_prop.csv").read_bytes())
         for _, _, (kind, value), _ in entries:
@@ -265,29 +303,73 @@ def _parse_all(src: CustomSource) -> dict:
     return d
 
 
-def load_custom_task(task: Task, data_dir, on_error: str) -> TaskData:
+def _bad_entries(errors: list[str], key: str) -> str:
+    """The bad entries, one per line: all of them up to SHOW_BAD, else the first SHOW_BAD, a count of the rest
+    and the file that lists them all."""
+    lines = [f"  {e}" for e in errors[:SHOW_BAD]]
+    if len(errors) > SHOW_BAD:
+        listing = paths.cache_dir() / "custom" / f"{key[:24]}.bad-entries.txt"
+        paths.atomic_write_text(listing, "\n".join(errors) + "\n")
+        lines.append(f"  and {len(errors) - SHOW_BAD} more (all {len(errors)} are listed in {listing})")
+    return "\n".join(lines)
+
+
+def _add_command(task: Task, data_dir) -> str:
+    """The ``bench data add`` line that registers ``task`` again, with --skip-bad."""
+    import shlex
+
     src: CustomSource = task.spec
+    words = ["bench", "data", "add", task.name, src.path]
+    if src.format != "cgcnn":
+        words += ["--target", src.target or "", "--structure-column", src.structure_column or ""]
+        if src.id_column:
+            words += ["--id-column", src.id_column]
+    if task.unit:
+        words += ["--unit", task.unit]
+    if data_dir is not None:
+        words += ["--data-dir", str(data_dir)]
+    return " ".join(shlex.quote(w) for w in words + ["--skip-bad"])
+
+
+def load_custom_task(task: Task, data_dir, on_error: str, *, registering: bool = False) -> TaskData:
+    """Load a custom task. A task registered with ``skip_bad`` always skips its bad entries, whatever
+    ``on_error`` says: the choice was made, and checked, when it was registered."""
+    src: CustomSource = task.spec
+    skip = on_error == "skip" or src.skip_bad
     d = _parse_all(src)
     errors = [str(e) for e in d["errors"]]
     ids_all = [str(i) for i in d["ids"]]
     bad = [k for k, e in enumerate(errors) if e]
-    if bad and on_error == "raise":
-        more = f" ({len(bad) - 1} more bad entries; on_error='skip' / --skip-bad leaves them out)" if len(bad) > 1 else ""
-        raise TaskError(f"task {task.name}: {errors[bad[0]]}{more}")
+    if bad and not skip:
+        n = len(bad)
+        head = (f"cannot register task {task.name}" if registering else f"task {task.name}") + \
+            f": {n} bad entr{'y' if n == 1 else 'ies'} in {src.path}:\n"
+        fix = ("pass --skip-bad (on_error='skip') to register it without them; the choice is stored with the task, "
+               "so bench train and bench run skip the same entries and report how many" if registering else
+               f"register it again with `{_add_command(task, data_dir)}` so that bench train and bench run skip "
+               "them and report how many")
+        raise TaskError(head + _bad_entries([errors[k] for k in bad], d["key"]) + f"\nFix {'it' if n == 1 else 'them'}, or {fix}.")
     offsets = np.concatenate([[0], np.cumsum(d["natoms"])])
     good = [k for k, e in enumerate(errors) if not e]
-    if len(good) < 3:
-        raise TaskError(f"task {task.name}: only {len(good)} usable entries in {src.path}; need at least 3 to split")
+    splits = seed123_split(len(good))
+    sizes = {k: len(v) for k, v in splits.items()}
+    if not (sizes["val"] and sizes["test"]):
+        skipped = f" ({len(bad)} bad entries skipped)" if bad else ""
+        raise TaskError(
+            f"task {task.name}: the seed-123 split of its {len(good)} usable entries{skipped} in {src.path} gives "
+            f"train {sizes['train']}, val {sizes['val']}, test {sizes['test']}; validation and test need at least one "
+            "entry each (10 usable entries at least)")
     structures, ids = [], []
     for k in good:
         a, b = offsets[k], offsets[k + 1]
         structures.append(Structure(d["lattice"][k], d["frac"][a:b], d["numbers"][a:b].astype(np.int64), id=ids_all[k]))
         ids.append(ids_all[k])
     targets = d["targets"][good].astype(np.float64)
-    splits = seed123_split(len(good))
-    n_left = len(good) - sum(len(v) for v in splits.values())
+    n_left = len(good) - sum(sizes.values())
     notes = [f"split: ALIGNN seed-123 rule over the {len(good)} usable entries in file order"
              + (f"; {n_left} leftover entr{'y' if n_left == 1 else 'ies'} in no split" if n_left else "")]
+    why = "registered with --skip-bad" if src.skip_bad else "on_error='skip'"
+    skipped_note = f"; {len(bad)} bad entr{'y' if len(bad) == 1 else 'ies'} skipped ({why})" if bad else ""
     return TaskData(
         task=task.name,
         structures=structures,
@@ -295,7 +377,7 @@ def load_custom_task(task: Task, data_dir, on_error: str) -> TaskData:
         ids=ids,
         splits=splits,
         dataset_key=_with_selection(f"custom-{d['key'][:16]}", ids),
-        source=f"custom {src.format} data {src.path}; seed-123 split",
+        source=f"custom {src.format} data {src.path}; seed-123 split{skipped_note}",
         unit=task.unit,
         skipped=[(ids_all[k], errors[k]) for k in bad],
         notes=notes,
@@ -327,13 +409,14 @@ def _read_registry(path: Path) -> dict:
 
 def _task_from_record(name: str, rec: dict) -> Task:
     src = CustomSource(rec["path"], rec["format"], rec.get("target"), rec.get("structure_column"),
-                       rec.get("id_column"))
+                       rec.get("id_column"), bool(rec.get("skip_bad", False)))
     return Task(name, "custom", src.id_column or "(row)", src.target or "target", rec.get("unit", ""), "seed123",
                 kind="custom", description=rec.get("description") or f"custom data {rec['path']}", spec=src)
 
 
 def _desc(rec: dict) -> str:
-    return rec.get("description") or f"custom data {rec['path']} [{rec['format']}, {rec.get('unit') or 'no unit'}, seed-123 split]"
+    skip = ", bad entries skipped" if rec.get("skip_bad") else ""
+    return rec.get("description") or f"custom data {rec['path']} [{rec['format']}, {rec.get('unit') or 'no unit'}, seed-123 split{skip}]"
 
 
 def register_custom_tasks(data_dir=None, *, quiet: bool = False) -> list[str]:
@@ -374,7 +457,8 @@ def add_custom_task(
     overwrite: bool = False,
     on_error: str = "raise",
 ) -> TaskData:
-    """Check a user data set (by loading it), then record it in ``<data dir>/custom_tasks.json``."""
+    """Check a user data set (by loading it), then record it in ``<data dir>/custom_tasks.json``. With
+    ``on_error="skip"`` the task is stored with ``skip_bad``: every later load skips (and counts) its bad entries."""
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name or ""):
         raise TaskError(f"task name {name!r}: use letters, digits, '_', '-', '.'")
     if name in TASKS and TASKS.get(name).kind != "custom":
@@ -383,7 +467,9 @@ def add_custom_task(
     fmt = _detect_format(p)
     if fmt == "cgcnn" and (structure_column or id_column or target):
         raise TaskError("--target/--structure-column/--id-column apply to CSV/JSON tables, not to a CGCNN folder")
-    src = CustomSource(str(p), fmt, target, structure_column, id_column)
+    if on_error not in ("raise", "skip"):
+        raise TaskError("on_error: " + suggest(str(on_error), ["raise", "skip"], "mode"))
+    src = CustomSource(str(p), fmt, target, structure_column, id_column, skip_bad=on_error == "skip")
     if fmt != "cgcnn":
         src = resolve_columns(src, _table_rows(src)[0])
     reg = registry_path(data_dir)
@@ -393,7 +479,7 @@ def add_custom_task(
                         "use --overwrite to replace it")
     rec = {**{k: v for k, v in asdict(src).items()}, "unit": unit, "added": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     task = _task_from_record(name, rec)
-    data = load_custom_task(task, data_dir, on_error)  # fails here, naming the entry, before anything is written
+    data = load_custom_task(task, data_dir, on_error, registering=True)  # fails here, before anything is written
     doc["tasks"][name] = rec
     paths.atomic_write_text(reg, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     if name in TASKS:

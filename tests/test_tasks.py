@@ -4,7 +4,9 @@ custom data and the data CLI."""
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -368,3 +370,181 @@ def test_data_info_json(capsys):
     assert info["sizes"]["train"] > 500 and info["elements"]["count"] > 50
     t = info["target"]["all"]
     assert t["min"] >= 0 and t["mad"] > 0 and t["std"] > 0 and info["atoms_per_structure"]["min"] >= 1
+
+
+# ---- custom data: the skip choice belongs to the registration; every bad entry named with its cause ---------
+
+
+@pytest.fixture
+def forget_tasks():
+    """Names of custom tasks a test registers, removed afterwards (as a fresh process would not know them)."""
+    names: list[str] = []
+    yield names
+    for n in names:
+        if n in TASKS:
+            TASKS._remove(n)
+
+
+def _bad_cifs(good: str, symbol: str) -> dict[str, str]:
+    """CIF files derived from a real one, each bad in one way that pymatgen reports only obscurely."""
+    import re
+
+    site = next(line for line in good.splitlines() if line.split()[:1] == [symbol])
+    cols = site.split()
+    moved = cols[:3] + [f"{float(cols[3]) + 0.004:.8f}"] + cols[4:]  # the same atom again, a few 0.01 Å away
+    return {
+        "overlap": good + "  " + "  ".join([cols[0], cols[1] + "x"] + cols[2:]) + "\n",
+        "nancoord": good.replace(site, "  ".join(cols[:3] + ["nan"] + cols[4:])),
+        "zerovolume": re.sub(r"_cell_length_a\s+\S+", "_cell_length_a   0.0", good),
+        "empty": "",
+        "tooclose": good + "  " + "  ".join([moved[0], moved[1] + "x"] + moved[2:]) + "\n",
+    }
+
+
+def test_custom_every_bad_entry_named_with_its_real_cause(tmp_path, real_structures):
+    from bench.tasks.base import Task
+    from bench.tasks.custom import CustomSource, load_custom_task
+
+    structs, ys = real_structures
+    folder = tmp_path / "c"
+    _cgcnn_folder(folder, structs, ys)
+    bad = _bad_cifs((folder / f"{structs[0].id}.cif").read_text(), structs[0].symbols[0])
+    for name, text in bad.items():
+        (folder / f"{name}.cif").write_text(text)
+    missing = [f"nofile{k}" for k in range(8)]
+    with open(folder / "id_prop.csv", "a") as fh:
+        fh.writelines(f"{i},1.0\n" for i in [*bad, *missing])
+    t = Task("tmp_many_bad", "custom", "id", "target", "", "seed123", kind="custom",
+             spec=CustomSource(str(folder), "cgcnn"))
+    with pytest.raises(TaskError) as e:
+        load_custom_task(t, None, "raise")
+    msg = str(e.value)
+    assert "13 bad entries" in msg and "and 3 more" in msg  # ten named, the rest counted and listed in a file
+    for name, cause in {"overlap": "atom sites overlap", "nancoord": "non-finite fractional coordinates",
+                        "zerovolume": "zero-volume cell", "empty": "is empty",
+                        "tooclose": r"are 0\.0\d+ Å apart \(periodic images included\)"}.items():
+        assert re.search(rf"entry {name}\.cif \(id_prop\.csv line \d+\): .*{cause}", msg), (name, msg)
+    assert "Invalid CIF file with no structures" not in msg
+    listing = Path(re.search(r"are listed in (\S+)\)", msg).group(1))
+    assert [line.split(".cif")[0].split()[-1] for line in listing.read_text().splitlines()] == [*bad, *missing]
+    d = load_custom_task(t, None, "skip")
+    assert len(d) == 14 and len(d.skipped) == 13
+
+
+def _folder_with_bad_entries(folder: Path, structs, ys) -> None:
+    _cgcnn_folder(folder, structs, ys)
+    (folder / "empty.cif").write_text("")
+    with open(folder / "id_prop.csv", "a") as fh:
+        fh.write("empty,1.0\nnofile,2.0\n")
+
+
+def test_custom_skip_bad_is_stored_and_honoured_by_train_and_run(tmp_path, real_structures, capsys,
+                                                                 forget_tasks):
+    from bench.cli import main
+    from bench.runner import run_id
+    from bench.tasks.custom import registry_path
+
+    structs, ys = real_structures
+    _folder_with_bad_entries(tmp_path / "c", structs, ys)
+    data_dir = str(tmp_path / "data")
+    forget_tasks += ["skipping", "strict"]
+    assert main(["data", "add", "skipping", str(tmp_path / "c"), "--skip-bad", "--data-dir", data_dir]) == 0
+    assert "skipped 2" in capsys.readouterr().out
+    TASKS._remove("skipping")  # a fresh process: found through the registry file, with its skip choice
+    # bench run --tasks skipping --data-dir D: the plan finds the task there, and plans each trial through
+    # runner.run_id, which loads the task (honouring the choice) without training
+    from bench.cli import build_parser
+    from bench.commands.run import build_plan
+    from bench.sweep import planned_run_id, trial_configs
+
+    plan = build_plan(build_parser().parse_args(["run", "--encoder", "cgcnn", "--tasks", "skipping", "--data-dir",
+                                                 data_dir, "--fractions", "1.0", "--seeds", "0", "--epochs", "1"]))
+    configs = trial_configs(plan, {})
+    assert configs and all(planned_run_id(c) for c in configs)
+    assert capsys.readouterr().err.count("task skipping: skipped 2 bad entries (registered with --skip-bad)") == 1
+    d = load_task("skipping", data_dir)  # no on_error given: the registration decides
+    assert sorted(i for i, _ in d.skipped) == ["empty", "nofile"] and len(d) == 14
+    # bench train: trains, says how many were skipped, and the record keeps the count
+    out = tmp_path / "rec.json"
+    args = ["train", "--task", "skipping", "--data-dir", data_dir, "--encoder", "cgcnn", "--features", "onehot",
+            "--epochs", "1", "--encoder-option", "hidden=8", "--encoder-option", "layers=1", "--no-progress"]
+    assert main(args + ["--out", str(out)]) == 0
+    assert "| 2 bad entries skipped" in capsys.readouterr().out
+    rec = json.loads(out.read_text())
+    assert rec["skipped_entries"] == 2 and "2 bad entries skipped (registered with --skip-bad)" in rec["data_source"]
+    assert run_id({"task": "skipping", "encoder": "cgcnn", "features": "onehot", "data_dir": data_dir,
+                   "epochs": 1, "encoder_options": {"hidden": 8, "layers": 1}}) == rec["run_id"]
+    assert json.loads(registry_path(data_dir).read_text())["tasks"]["skipping"]["skip_bad"] is True
+    # registered without --skip-bad: refused at registration, and the hint is the registration, not train
+    assert main(["data", "add", "strict", str(tmp_path / "c"), "--data-dir", data_dir]) == 2
+    err = capsys.readouterr().err
+    assert "2 bad entries" in err and "empty.cif" in err and "nofile.cif" in err and "pass --skip-bad" in err
+    assert "strict" not in json.loads(registry_path(data_dir).read_text())["tasks"]
+
+
+def test_custom_registered_without_skip_names_the_fix(tmp_path, real_structures, forget_tasks):
+    from bench.tasks.custom import add_custom_task
+
+    structs, ys = real_structures
+    _cgcnn_folder(tmp_path / "c", structs, ys)
+    forget_tasks.append("later_bad")
+    add_custom_task("later_bad", tmp_path / "c", unit="eV", data_dir=tmp_path / "data")
+    (tmp_path / "c" / f"{structs[2].id}.cif").write_text("")  # the data change after registration
+    with pytest.raises(TaskError) as e:
+        load_task("later_bad", tmp_path / "data")
+    msg = str(e.value)
+    assert f"{structs[2].id}.cif" in msg and "is empty" in msg
+    assert f"bench data add later_bad {tmp_path / 'c'} --unit eV --data-dir {tmp_path / 'data'} --skip-bad" in msg
+
+
+def test_custom_empty_validation_or_test_split_refused(tmp_path, real_structures, forget_tasks):
+    from bench.tasks.custom import add_custom_task, registry_path
+
+    structs, ys = real_structures
+    _cgcnn_folder(tmp_path / "c", structs[:9], ys[:9])
+    forget_tasks.append("too_small")
+    with pytest.raises(TaskError, match=r"9 usable entries.*train 7, val 0, test 0; validation and test need"):
+        add_custom_task("too_small", tmp_path / "c", data_dir=tmp_path / "data")
+    assert not registry_path(tmp_path / "data").exists() and "too_small" not in TASKS
+    _cgcnn_folder(tmp_path / "c", structs[:10], ys[:10])
+    assert add_custom_task("too_small", tmp_path / "c", data_dir=tmp_path / "data").sizes == \
+        {"train": 8, "val": 1, "test": 1}
+
+
+def _table(structs, ys) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "cif", "gap"])
+    for s, y in zip(structs, ys):
+        w.writerow([s.id, _cif(s), y])
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("utf-16", r"table\.csv: not UTF-8 text \(it holds NUL bytes: a binary file, or UTF-16\?\)"),
+    ("latin-1", r"table\.csv: not UTF-8 text \(byte \d+ is not valid UTF-8\)"),
+    ("binary", r"table\.csv: not UTF-8 text"),
+])
+def test_custom_table_not_utf8_is_one_line_naming_the_file(tmp_path, real_structures, capsys, kind, match):
+    from bench.cli import main
+
+    structs, ys = real_structures
+    text = _table(structs, ys)
+    path = tmp_path / "table.csv"
+    data = {"utf-16": text.encode("utf-16"), "latin-1": text.replace("id,", "idé,", 1).encode("latin-1"),
+            "binary": zipfile.ZipFile.__doc__.encode() + bytes(range(256))}[kind]
+    path.write_bytes(data)
+    assert main(["data", "add", "enc", str(path), "--target", "gap", "--data-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err) and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_custom_table_utf8_with_bom_accepted(tmp_path, real_structures, forget_tasks):
+    from bench.tasks.custom import add_custom_task
+
+    structs, ys = real_structures
+    path = tmp_path / "table.csv"
+    path.write_bytes(_table(structs, ys).encode("utf-8-sig"))  # as Excel saves "CSV UTF-8"
+    forget_tasks.append("bom")
+    d = add_custom_task("bom", path, target="gap", id_column="id", data_dir=tmp_path / "d")
+    assert sorted(d.ids) == sorted(s.id for s in structs) and np.allclose(sorted(d.targets), sorted(ys))

@@ -30,7 +30,9 @@ def add_parser(sub) -> None:
     a.add_argument("--unit", default="", help="unit of the target, e.g. eV/atom")
     a.add_argument("--data-dir", default=None, help="where custom_tasks.json lives (default: BENCH_DATA_DIR or user cache)")
     a.add_argument("--overwrite", action="store_true", help="replace an existing task of that name")
-    a.add_argument("--skip-bad", action="store_true", help="register even if some entries are bad (they are skipped)")
+    a.add_argument("--skip-bad", action="store_true",
+                   help="register even if some entries are bad: they are left out and counted, and the choice is "
+                        "stored with the task so bench train / bench run skip the same entries")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=run_add)
 
@@ -83,6 +85,7 @@ def task_info(data) -> dict:
     }
     if data.skipped:
         info["skipped_examples"] = [f"{i}: {r}" for i, r in data.skipped[:10]]
+        info["skipped_entries"] = [{"id": i, "reason": r} for i, r in data.skipped]  # all of them
     return info
 
 
@@ -107,6 +110,8 @@ def _print_info(info: dict) -> None:
         print(f"note: {n}")
     for s in info.get("skipped_examples", []):
         print(f"skipped: {s}")
+    if info["skipped"] > len(info.get("skipped_examples", [])):
+        print(f"skipped: and {info['skipped'] - len(info['skipped_examples'])} more (--json lists all)")
 
 
 def run_info(args) -> int:

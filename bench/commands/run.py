@@ -64,6 +64,10 @@ def build_plan(args):
         match_structures=True if args.match_structures else None,
     )
     encoders, objectives = _names(args.encoder), _names(args.objective)
+    from bench.tasks.custom import register_custom_tasks
+
+    # custom tasks registered in that data dir (`bench data add --data-dir`), as bench train finds them
+    register_custom_tasks(args.data_dir if args.data_dir is not None else suite.data_dir, quiet=True)
     check_names(encoders, objectives, suite.tasks)
     if args.max_retries < 0:
         raise SweepError(f"--max-retries must be >= 0, got {args.max_retries}")

@@ -47,8 +47,13 @@ def summary(rec: dict) -> str:
         f"{rec['task']} | {rec['encoder']} + {rec['features_label']} | fraction {rec['fraction']:g} seed {rec['seed']}"
         f" | n_train {rec['n_train']} | val MAE {rec['val_mae']:.4g} {unit} | test MAE {rec['test_mae']:.4g} {unit}"
         f" | epoch {rec['selected_epoch']}/{rec['epochs_run']} | {rec['wall_time_s']:.1f} s on {rec['device']}"
-        f" | run {rec['run_id']}" + _symmetry(rec)
+        f" | run {rec['run_id']}" + _skipped(rec) + _symmetry(rec)
     )
+
+
+def _skipped(rec: dict) -> str:
+    n = rec.get("skipped_entries") or 0
+    return f" | {n} bad entr{'y' if n == 1 else 'ies'} skipped" if n else ""
 
 
 def _symmetry(rec: dict) -> str:
