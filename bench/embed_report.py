@@ -3,8 +3,11 @@ statistics, nearest elements of probe elements, a 2-D PCA map coloured by period
 nearest-neighbour chemistry score (how often an element's most similar element shares its group).
 
 Any table works: a pretrained one (``bench pretrain``), the shipped CrysAtom vectors (``crysatom-published``;
-Mukherjee et al., LoG 2024) or the ``random`` control (``bench.featurizers.random_vectors``), so a learned table
-can always be compared against a table of the same width with no chemistry in it.
+Mukherjee et al., LoG 2024), a published embedding (``published:<name>``, after its policy: ``bench/published.py``)
+or the ``random`` control (``bench.featurizers.random_vectors``), so a learned table can always be compared
+against a table of the same width with no chemistry in it. ``compare`` puts several side by side: coverage and
+the group agreement on each table's own elements and on the elements all of them cover (the fair comparison),
+with one picture.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ def group_of(z: int) -> int | None:
 
 
 def resolve_table(spec: str, dim: int | None = None):
-    """A ``bench.embeddings.Table`` from a path, ``crysatom-published`` or ``random[:SEED[:WIDTH]]`` (width
-    ``dim`` when the spec names none, default 200)."""
+    """A ``bench.embeddings.Table`` from a path, ``crysatom-published``, ``cgcnn``, ``published:<name>`` or
+    ``random[:SEED[:WIDTH]]`` (width ``dim`` when the spec names none, default 200)."""
     from bench.embeddings import CRYSATOM_PUBLISHED, Table, load_table, table_hash
 
     p = Path(spec).expanduser()
@@ -52,7 +55,19 @@ def resolve_table(spec: str, dim: int | None = None):
         return load_table(p)
     if spec == "crysatom-published":
         return load_table(CRYSATOM_PUBLISHED)
+    if spec == "cgcnn":
+        from bench.featurizers import cgcnn_vectors
+
+        vecs = cgcnn_vectors()
+        return Table(vecs, {"kind": "CGCNN bits", "source": "jarvis-tools jarvis/core/atom_init.json"}, table_hash(vecs))
     name, _, arg = spec.partition(":")
+    if name == "published":
+        from bench import published
+
+        t = published.load(published.entry(arg).name)
+        if dim is not None and dim != t.dim:
+            raise published.PublishedError(f"table {spec!r} is {t.dim}-d but --dim {dim} was given")
+        return t
     if name == "random":
         from bench.featurizers import DEFAULT_RANDOM_DIM, FeaturizerError, parse_random, random_vectors
 
@@ -63,7 +78,7 @@ def resolve_table(spec: str, dim: int | None = None):
         vecs = random_vectors(width, seed)
         return Table(vecs, {"kind": "random control", "seed": seed, "dim": width}, table_hash(vecs))
     raise FileNotFoundError(f"embedding table {spec!r}: no such file (also accepted: crysatom-published, "
-                            "random[:SEED[:WIDTH]])")
+                            "cgcnn, published:<name>, random[:SEED[:WIDTH]])")
 
 
 def export_atom_init(vectors: Mapping[str, np.ndarray], out: str | Path) -> Path:
@@ -151,11 +166,15 @@ def report(spec: str, out_dir: str | Path | None = None, dim: int | None = None)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         rep["projection"] = str(projection_png(vectors, out_dir / "projection.png", title=Path(spec).name))
-        with atomic_path(out_dir / "report.json") as tmp:
-            tmp.write_text(json.dumps(rep, indent=2))
-        with atomic_path(out_dir / "report.md") as tmp:
-            tmp.write_text(format_report(rep))
+        _write(out_dir, "report", rep, format_report(rep))
     return rep
+
+
+def _write(out_dir: Path, stem: str, rep: dict, markdown: str) -> None:
+    with atomic_path(out_dir / f"{stem}.json") as tmp:
+        tmp.write_text(json.dumps(rep, indent=2))
+    with atomic_path(out_dir / f"{stem}.md") as tmp:
+        tmp.write_text(markdown)
 
 
 def format_report(rep: dict) -> str:
@@ -180,6 +199,17 @@ def format_report(rep: dict) -> str:
     if "projection" in rep:
         lines += ["", f"![PCA projection]({Path(rep['projection']).name})"]
     return "\n".join(lines) + "\n"
+
+
+def _save_png(fig, out: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out
 
 
 def projection_png(vectors: Mapping[str, np.ndarray], out: str | Path, title: str = "") -> Path:
@@ -211,9 +241,97 @@ def projection_png(vectors: Mapping[str, np.ndarray], out: str | Path, title: st
     ax.set_ylabel(f"PC2 ({var[1]:.1%})" if len(var) > 1 else "PC2")
     ax.set_title(f"{title} ({len(syms)} elements, {m.shape[1]}-d)")
     ax.legend(fontsize=6, ncol=2, loc="best")
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    return _save_png(fig, out)
+
+
+# ---- several tables side by side --------------------------------------------------------------------------
+
+
+def compare(specs: list[str], out_dir: str | Path | None = None, dim: int | None = None) -> dict:
+    """Coverage and nearest-neighbour group agreement of several tables; with ``out_dir`` writes
+    ``compare.json``, ``compare.md`` and ``compare.png``. Agreement is given on each table's own elements and on
+    the elements every table covers, since a table that lacks hard elements would otherwise look better."""
+    if len(set(specs)) != len(specs):
+        raise ValueError(f"a table is repeated: {', '.join(specs)}")
+    tables = [(spec, resolve_table(spec, dim)) for spec in specs]
+    common = set.intersection(*(set(t.vectors) for _, t in tables))
+    rows = []
+    for spec, t in tables:
+        shared = {s: v for s, v in t.vectors.items() if s in common}
+        rows.append({
+            "table": spec,
+            "hash": t.hash,
+            "dim": t.dim,
+            "elements": len(t.vectors),
+            "missing_z_1_to_94": [ELEMENTS[z] for z in range(1, 95) if ELEMENTS[z] not in t.vectors],
+            "group_agreement": {"k1": group_agreement(t.vectors, 1), "k3": group_agreement(t.vectors, 3)},
+            "group_agreement_common": {"k1": group_agreement(shared, 1), "k3": group_agreement(shared, 3)}
+            if len(shared) > 1 else None,
+        })
+    rep = {"tables": rows, "common_elements": sorted(common, key=lambda s: Z_OF[s])}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rep["picture"] = str(compare_png(tables, rep, out_dir / "compare.png"))
+        _write(out_dir, "compare", rep, format_compare(rep))
+    return rep
+
+
+def format_compare(rep: dict) -> str:
+    n = len(rep["common_elements"])
+    lines = [
+        "# Embedding tables side by side",
+        "",
+        f"Nearest element by cosine shares the periodic-table group (groups 1-18; the La/Ac series left out), on "
+        f"each table's own elements and on the {n} elements every table covers.",
+        "",
+        "| table | width | elements | missing (Z 1-94) | nearest same group | chance | on common elements | chance |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rep["tables"]:
+        own, com = r["group_agreement"]["k1"], (r["group_agreement_common"] or {}).get("k1")
+        miss = r["missing_z_1_to_94"]
+        lines.append(
+            f"| {r['table']} | {r['dim']} | {r['elements']} | {' '.join(miss) if miss else 'none'} | "
+            f"{own['fraction']:.3f} ({own['hits']}/{own['elements']}) | {own['chance']:.3f} | "
+            + (f"{com['fraction']:.3f} ({com['hits']}/{com['elements']}) | {com['chance']:.3f} |" if com else "- | - |")
+        )
+    if "picture" in rep:
+        lines += ["", f"![comparison]({Path(rep['picture']).name})"]
+    return "\n".join(lines) + "\n"
+
+
+def compare_png(tables: list, rep: dict, out: str | Path) -> Path:
+    """Left: group agreement of each table (own and common elements) against chance; right: which elements
+    Z 1-94 each table covers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(tables)
+    labels = [r["table"] if len(r["table"]) <= 28 else "..." + r["table"][-25:] for r in rep["tables"]]
+    fig, (ax, cov) = plt.subplots(1, 2, figsize=(15, 1.2 + 0.38 * n), dpi=120,
+                                  gridspec_kw={"width_ratios": [1, 2.2]})
+    y = np.arange(n)
+    own = [r["group_agreement"]["k1"]["fraction"] for r in rep["tables"]]
+    com = [(r["group_agreement_common"] or {}).get("k1", {}).get("fraction", np.nan) for r in rep["tables"]]
+    chance = [r["group_agreement"]["k1"]["chance"] for r in rep["tables"]]
+    ax.barh(y - 0.2, own, height=0.4, color="tab:blue", label="own elements")
+    ax.barh(y + 0.2, com, height=0.4, color="tab:orange", label=f"{len(rep['common_elements'])} common elements")
+    ax.scatter(chance, y, marker="|", s=200, color="black", label="chance", zorder=3)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("nearest element shares its group")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=7, loc="lower right")
+    grid = np.array([[1.0 if ELEMENTS[z] in t.vectors else 0.0 for z in range(1, 95)] for _, t in tables])
+    cov.imshow(grid, aspect="auto", cmap="Greens", vmin=0, vmax=1.3, interpolation="nearest")
+    cov.set_yticks(y, [""] * n)
+    ticks = [z for z in range(1, 95) if z in (1, 10, 18, 36, 54, 57, 71, 86, 89, 94)]
+    cov.set_xticks([z - 1 for z in ticks], [f"{ELEMENTS[z]}" for z in ticks], fontsize=7)
+    for i, r in enumerate(rep["tables"]):
+        for s in r["missing_z_1_to_94"]:
+            cov.text(Z_OF[s] - 1, i, s, ha="center", va="center", fontsize=5, color="red", rotation=90)
+    cov.set_title("coverage of Z 1-94 (missing in red)", fontsize=9)
+    return _save_png(fig, out)

@@ -2,8 +2,8 @@
 
 ``build_featurizer(spec, dim=None)`` returns a ``Featurizer`` (an ``nn.Module``) with ``forward(Z) -> (N, dim)``
 and attributes ``dim``, ``name`` (the spec), ``table_hash`` (sha256 of the canonical table JSON, see
-``bench.embeddings``; None for ``onehot`` and ``learned``) and ``coverage`` (``{"present": n, "missing":
-[symbols]}`` over Z = 1..118).
+``bench.embeddings``; None for ``onehot`` and ``learned``), ``coverage`` (``{"present": n, "missing":
+[symbols]}`` over Z = 1..118) and ``policy`` (None, or what was done to a published table's numbers).
 
 Specs (registry ``FEATURIZERS``; the name before ``:`` is the registry key):
 
@@ -16,19 +16,25 @@ Specs (registry ``FEATURIZERS``; the name before ``:`` is the registry key):
   Width ``dim`` (default 200, the CrysAtom width). Frozen. ``random:<seed>`` picks another seed (default 0),
   ``random:<seed>:<width>`` another width (the sweep matches the width of the tables under test).
 - ``crysatom-published``: the shipped CrysAtom 200-d table (Mukherjee et al., LoG 2024; see bench/embeddings.py).
+- ``published:<name>``: a published element embedding (magpie, mat2vec, skipatom, mace_mp0, ...) read from the
+  ``elementembeddings`` package's data files, with its recorded policy (``bench/published.py``). Frozen.
 - ``embedding:<path.json>``: a frozen table from a JSON file.
 - ``embedding-init:<path.json>``: a trainable table initialised from a JSON file (fine-tuned).
 
-Elements a table lacks fall back to a trainable row each (also for frozen tables): they are listed in
-``coverage["missing"]`` and announced with a warning, so a missing element never silently becomes zeros.
+Elements a table lacks fall back to a trainable row each (also for frozen tables), so a missing element never
+silently becomes zeros. ``task_coverage`` counts them over the elements a task actually contains (the runner
+calls it once per run and announces the missing ones with one ``CoverageWarning``) and refuses a table that
+covers none of them.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
+from fractions import Fraction
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -47,12 +53,17 @@ class FeaturizerError(UserError, ValueError):
     pass
 
 
+class CoverageWarning(UserWarning):
+    """Some elements of a task are not in the table: they train a fallback row each."""
+
+
 class Featurizer(nn.Module):
     """Base: maps a LongTensor of atomic numbers (N,) to float features (N, dim)."""
 
     name: str
     dim: int
     table_hash: str | None = None
+    policy: dict | None = None  # what was done to a published table's numbers (part of a run's identity)
     coverage: dict
 
     def __init__(self, name: str, dim: int) -> None:
@@ -69,8 +80,36 @@ class Featurizer(nn.Module):
                 f"featurizer {self.name!r}: atomic numbers must lie in 1..{MAX_Z}, got {int(Z.min())}..{int(Z.max())}"
             )
 
+    def covered(self, z: int) -> bool:
+        """Whether element ``z`` has its own input (not a fallback row)."""
+        return ELEMENTS[z] not in self.coverage["missing"]
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, dim={self.dim}"
+
+
+def task_coverage(featurizer: Featurizer, numbers: Iterable[int], task: str, *, announce: bool = True) -> dict:
+    """Coverage of the elements a task contains: ``{"task_elements", "present", "missing"}``. Raises
+    ``FeaturizerError`` when the table covers none of them (a model would see fallback rows only); with
+    ``announce``, one ``CoverageWarning`` names the missing ones."""
+    zs = sorted({int(z) for z in numbers})
+    missing = [ELEMENTS[z] for z in zs if not featurizer.covered(z)]
+    out = {"task_elements": len(zs), "present": len(zs) - len(missing), "missing": missing}
+    if zs and len(missing) == len(zs):
+        raise FeaturizerError(
+            f"featurizer {featurizer.name!r} covers none of the {len(zs)} elements of task {task!r} "
+            f"({', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}): every atom would get an untrained "
+            "fallback row. Pick a table that covers them (see `bench list featurizers`)."
+        )
+    if missing and announce:
+        warnings.warn(
+            f"featurizer {featurizer.name!r}: {len(missing)} of the {len(zs)} elements of task {task!r} are not in "
+            f"the table ({', '.join(missing[:12])}{', ...' if len(missing) > 12 else ''}); each gets a trainable "
+            "fallback row",
+            CoverageWarning,
+            stacklevel=2,
+        )
+    return out
 
 
 class OneHot(Featurizer):
@@ -96,26 +135,22 @@ class TableFeaturizer(Featurizer):
     """A per-element table. ``trainable=False``: the table is a buffer and only the fallback rows of missing
     elements train; ``trainable=True``: the whole table is a parameter initialised from the file."""
 
-    def __init__(self, name: str, vectors: dict[str, np.ndarray], *, trainable: bool, hash_: str | None = None) -> None:
+    def __init__(self, name: str, vectors: dict[str, np.ndarray], *, trainable: bool, hash_: str | None = None,
+                 policy: dict | None = None) -> None:
         dim = len(next(iter(vectors.values())))
         super().__init__(name, dim)
         self.trainable = trainable
         self.table_hash = hash_ or table_hash(vectors)
+        self.policy = policy
         present = [z for z in range(1, MAX_Z + 1) if ELEMENTS[z] in vectors]
         missing = [z for z in range(1, MAX_Z + 1) if ELEMENTS[z] not in vectors]
         self.coverage = {"present": len(present), "missing": [ELEMENTS[z] for z in missing]}
         mat = np.zeros((MAX_Z + 1, dim), dtype=np.float32)
         for z in present:
             mat[z] = vectors[ELEMENTS[z]]
-        # Fallback rows start at the table's own scale so they are neither dominant nor silent.
+        # Fallback rows start at the table's own scale so they are neither dominant nor silent. There is one for
+        # every missing Z (not only the task's): the count and order of these draws are part of existing run ids.
         scale = float(np.std(mat[present])) if present else 1.0
-        if missing:
-            warnings.warn(
-                f"featurizer {name!r}: {len(missing)} of {MAX_Z} elements are not in the table; each gets a "
-                f"trainable fallback row ({', '.join(self.coverage['missing'][:8])}"
-                f"{', ...' if len(missing) > 8 else ''})",
-                stacklevel=3,
-            )
         table = torch.from_numpy(mat)
         if trainable:
             fill = torch.randn(len(missing), dim) * scale
@@ -161,7 +196,7 @@ def _onehot(arg, dim, spec):
     return OneHot(spec)
 
 
-def _cgcnn_vectors() -> dict[str, np.ndarray]:
+def cgcnn_vectors() -> dict[str, np.ndarray]:
     import jarvis
 
     path = Path(jarvis.__file__).resolve().parent / "core" / "atom_init.json"
@@ -172,11 +207,9 @@ def _cgcnn_vectors() -> dict[str, np.ndarray]:
 def _cgcnn(arg, dim, spec):
     """The 92 CGCNN bits (jarvis-tools atom_init.json, Z = 1..100), frozen."""
     _no_arg("cgcnn", arg)
-    vecs = _cgcnn_vectors()
+    vecs = cgcnn_vectors()
     _fixed_dim("cgcnn", dim, len(next(iter(vecs.values()))))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Z > 100 are never in real data; their fallback rows are documented
-        return TableFeaturizer(spec, vecs, trainable=False)
+    return TableFeaturizer(spec, vecs, trainable=False)
 
 
 def _learned(arg, dim, spec):
@@ -186,12 +219,43 @@ def _learned(arg, dim, spec):
 
 
 def random_vectors(dim: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Per-element unit vectors; element Z's vector depends only on (seed, Z, dim)."""
-    out = {}
+    """Per-element unit vectors; element Z's vector depends only on (seed, Z, dim), on every machine."""
+    return {ELEMENTS[z]: row.copy() for z, row in enumerate(_unit_rows(dim, seed), start=1)}
+
+
+@functools.lru_cache(maxsize=8)
+def _unit_rows(dim: int, seed: int) -> tuple[np.ndarray, ...]:
+    rows = []
     for z in range(1, MAX_Z + 1):
         v = np.random.default_rng([seed, z]).standard_normal(dim)
-        out[ELEMENTS[z]] = v / np.linalg.norm(v)
-    return out
+        rows.append(v / np.sqrt(_sum_of_squares(v)))
+    return tuple(rows)
+
+
+def _fma(a: float, b: float, c: float) -> float:
+    return float(Fraction(a) * Fraction(b) + Fraction(c))  # exact, then one rounding: a fused multiply-add
+
+
+def _sum_of_squares(v: np.ndarray) -> float:
+    """``v @ v`` exactly as OpenBLAS's AVX2 ddot kernel computes it (16 FMA lanes over blocks of 16, a fixed
+    pairwise reduction of the lanes, then a plain loop over the tail), whatever the CPU. np.linalg.norm's last
+    bit depends on the kernel OpenBLAS picks (AVX2 vs AVX-512), which made the random control's table hash, and
+    so its run ids, differ between machines; this is the AVX2 result the committed records were made with."""
+    x = [float(t) for t in v]
+    n1 = len(x) & -16
+    lanes = [0.0] * 16
+    for i in range(0, n1, 16):
+        for k in range(16):
+            lanes[k] = _fma(x[i + k], x[i + k], lanes[k])
+    total = 0.0
+    if n1:
+        pairs = [(lanes[4 * j] + lanes[4 * j + 2], lanes[4 * j + 1] + lanes[4 * j + 3]) for j in range(4)]
+        a = (pairs[0][0] + pairs[1][0], pairs[0][1] + pairs[1][1])
+        b = (pairs[2][0] + pairs[3][0], pairs[2][1] + pairs[3][1])
+        total = (a[0] + b[0]) + (a[1] + b[1])
+    for t in x[n1:]:
+        total += t * t
+    return total
 
 
 def parse_random(arg: str | None, spec: str) -> tuple[int, int | None]:
@@ -233,6 +297,15 @@ def _crysatom(arg, dim, spec):
     return _table(str(CRYSATOM_PUBLISHED), dim, spec, False, "crysatom-published")
 
 
+def _published(arg, dim, spec):
+    """A published element embedding from the elementembeddings package: published:<name>, frozen."""
+    from bench import published
+
+    t = published.load(published.entry(arg).name)
+    _fixed_dim(spec, dim, t.dim)
+    return TableFeaturizer(spec, t.vectors, trainable=False, hash_=t.hash, policy=t.meta["policy"])
+
+
 def _embedding(arg, dim, spec):
     """A frozen per-element table from a JSON file: embedding:<path.json>."""
     return _table(arg, dim, spec, False, "embedding")
@@ -249,10 +322,72 @@ for _name, _fn in [
     ("learned", _learned),
     ("random", _random),
     ("crysatom-published", _crysatom),
+    ("published", _published),
     ("embedding", _embedding),
     ("embedding-init", _embedding_init),
 ]:
     FEATURIZERS.add(_name, _fn, description=(_fn.__doc__ or "").strip().split("\n")[0])
+
+
+# ---- listing (`bench list featurizers`): width, coverage, paper, origin and licence of each -----------------
+
+
+def _table_row(vectors: dict, **info: Any) -> dict:
+    from bench.published import missing_z_le_94
+
+    return {"width": len(next(iter(vectors.values()))), "elements": len(vectors),
+            "missing_z_le_94": missing_z_le_94(vectors), **info}
+
+
+def _describe_onehot() -> dict:
+    return {"width": MAX_Z, "elements": MAX_Z, "missing_z_le_94": [], "paper": None,
+            "origin": "built in (column Z-1)", "licence": "MIT (crysbench)", "frozen": True}
+
+
+def _describe_cgcnn() -> dict:
+    return _table_row(cgcnn_vectors(), paper="Xie & Grossman, Phys. Rev. Lett. 120, 145301 (2018)",
+                      origin="jarvis-tools jarvis/core/atom_init.json", licence="MIT (jarvis-tools)", frozen=True)
+
+
+def _describe_crysatom() -> dict:
+    return _table_row(load_table(CRYSATOM_PUBLISHED).vectors,
+                      paper="Mukherjee et al., CrysAtom, Learning on Graphs (LoG) 2024",
+                      origin="shrimonmuke0202/CrysAtom@e97e77a dense_vector/CrysAtom_vector.pkl, converted to "
+                             "JSON (bench/data/crysatom_200d.json)",
+                      licence="GPL-3.0 (CrysAtom repository; bench/data/CRYSATOM_NOTICE.md)", frozen=True)
+
+
+def _describe_learned() -> dict:
+    return {"width": "encoder's", "elements": MAX_Z, "missing_z_le_94": [],
+            "paper": None, "origin": "trained from scratch", "licence": "MIT (crysbench)", "frozen": False}
+
+
+def _describe_random() -> dict:
+    return {"width": f"{DEFAULT_RANDOM_DIM} or :WIDTH", "elements": MAX_Z, "missing_z_le_94": [],
+            "paper": None, "origin": "seeded unit vectors (a control)", "licence": "MIT (crysbench)", "frozen": True}
+
+
+def _describe_file(frozen: bool) -> Callable[[], dict]:
+    return lambda: {"width": "file's", "elements": "file's", "missing_z_le_94": "file's", "paper": None,
+                    "origin": "your JSON table", "licence": None, "frozen": frozen}
+
+
+def _published_variants() -> list[dict]:
+    from bench.published import CATALOGUE, describe, package_version
+
+    installed = package_version()
+    return [{**describe(t), "package_installed": installed} for t in CATALOGUE.values()]
+
+
+_onehot.describe = _describe_onehot  # type: ignore[attr-defined]
+_cgcnn.describe = _describe_cgcnn  # type: ignore[attr-defined]
+_crysatom.describe = _describe_crysatom  # type: ignore[attr-defined]
+_learned.describe = _describe_learned  # type: ignore[attr-defined]
+_random.describe = _describe_random  # type: ignore[attr-defined]
+_embedding.describe = _describe_file(True)  # type: ignore[attr-defined]
+_embedding_init.describe = _describe_file(False)  # type: ignore[attr-defined]
+# one listing row per table (published:magpie, published:mat2vec, ...) instead of one for the family
+_published.variants = _published_variants  # type: ignore[attr-defined]
 
 
 def build_featurizer(spec: str, *, dim: int | None = None) -> Featurizer:
@@ -274,7 +409,9 @@ __all__ = [
     "TableFeaturizer",
     "TableError",
     "RegistryError",
+    "CoverageWarning",
     "build_featurizer",
+    "task_coverage",
     "parse_random",
     "random_vectors",
     "DEFAULT_LEARNED_DIM",

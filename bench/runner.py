@@ -96,6 +96,7 @@ class Prepared:
     encoder_options: dict[str, Any]  # fully resolved Config
     settings: Any  # TrainSettings
     graph_spec: str
+    coverage: dict | None = None  # the featurizer's coverage of the task's elements (set once the data is loaded)
 
 
 def _table_meta(spec: str) -> dict:
@@ -210,6 +211,7 @@ def identity(p: Prepared, dataset_key: str) -> dict[str, Any]:
         "featurizer_version": FEATURIZERS.version(p.featurizer_kind),
         "featurizer_dim": int(p.featurizer.dim),
         "table_hash": p.featurizer.table_hash,
+        **({"featurizer_policy": p.featurizer.policy} if getattr(p.featurizer, "policy", None) else {}),
         "fraction": float(cfg.fraction),
         "seed": int(cfg.seed),
         # the reference featurizer named in the encoder yaml is a default, not a number-determining setting;
@@ -282,8 +284,10 @@ def _now() -> str:
 # ---- the run ----------------------------------------------------------------------------------------------
 
 
-def _resolve(config: dict[str, Any]):
-    """Plugins, strict config, components and task data (with limits applied): (RunConfig, Prepared, TaskData)."""
+def _resolve(config: dict[str, Any], announce: bool = True):
+    """Plugins, strict config, components and task data (with limits applied): (RunConfig, Prepared, TaskData).
+    A featurizer covering none of the task's elements is refused here; with ``announce`` one warning names the
+    elements it lacks."""
     if not isinstance(config, dict):
         raise ConfigError(f"run config must be a mapping, got {type(config).__name__}")
     plugins = config.get("plugins") or ()
@@ -298,12 +302,16 @@ def _resolve(config: dict[str, Any]):
     data = load_task(cfg.task, cfg.data_dir)
     if any(v is not None for v in (cfg.train_limit, cfg.val_limit, cfg.test_limit)):
         data = data.limited(train=cfg.train_limit, val=cfg.val_limit, test=cfg.test_limit, seed=cfg.seed)
+    from bench.featurizers import task_coverage
+
+    p.coverage = task_coverage(p.featurizer, (z for s in data.structures for z in set(s.numbers.tolist())),
+                               cfg.task, announce=announce)
     return cfg, p, data
 
 
 def run_id(config: dict[str, Any]) -> str:
     """The run id ``run_one(config)`` would give its record (loads the task's data, trains nothing)."""
-    _, p, data = _resolve(config)
+    _, p, data = _resolve(config, announce=False)
     return records.run_id(identity(p, data.dataset_key))
 
 
@@ -349,7 +357,7 @@ def run_one(config: dict[str, Any]) -> dict[str, Any]:
         "featurizer_version": ident["featurizer_version"],
         "features_label": p.features_label,
         "table_hash": p.featurizer.table_hash,
-        "featurizer_coverage": getattr(p.featurizer, "coverage", None),
+        "featurizer_coverage": p.coverage,
         "train_settings": to_dict(p.settings),
         "fraction": float(cfg.fraction),
         "seed": int(cfg.seed),

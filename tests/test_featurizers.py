@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bench.embeddings import CRYSATOM_PUBLISHED, TableError, load_table, save_table, table_hash
-from bench.featurizers import FeaturizerError, build_featurizer, random_vectors
+from bench.featurizers import CoverageWarning, FeaturizerError, build_featurizer, random_vectors, task_coverage
 from bench.registry import FEATURIZERS, RegistryError
 from bench.structures import ELEMENTS
 
@@ -85,7 +85,8 @@ def test_random_control_is_seeded_unit_vectors():
 
 
 def test_crysatom_published_table():
-    with pytest.warns(UserWarning, match="29 of 118"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # building announces nothing: coverage is counted per task (task_coverage)
         f = build_featurizer("crysatom-published")
     t = load_table(CRYSATOM_PUBLISHED)
     assert f.dim == 200 == t.dim and f.coverage["present"] == 89 == len(t.vectors)
@@ -100,8 +101,7 @@ def test_embedding_frozen_with_fallback_rows(tmp_path):
     vecs = {"H": [1.0, 0.0, 0.5], "O": [0.0, 1.0, -0.5], "Fe": [2.0, 2.0, 2.0]}
     path = tmp_path / "t.json"
     path.write_text(json.dumps(vecs))
-    with pytest.warns(UserWarning, match="115 of 118"):
-        f = build_featurizer(f"embedding:{path}")
+    f = build_featurizer(f"embedding:{path}")
     assert f.dim == 3 and f.coverage == {"present": 3, "missing": [s for s in ELEMENTS[1:] if s not in vecs]}
     x = f(torch.tensor([1, 8, 26, 11]))
     assert torch.allclose(x[:3], torch.tensor([vecs["H"], vecs["O"], vecs["Fe"]]))
@@ -195,3 +195,50 @@ def test_save_refuses_bad_tables(tmp_path):
     with pytest.raises(TableError, match="unknown element"):
         save_table(tmp_path / "x.json", {"Q": [1.0]})
     assert not (tmp_path / "x.json").exists()
+
+
+def test_coverage_is_counted_over_the_task_elements_and_announced_once(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"H": [1.0, 0.0], "O": [0.0, 1.0], "Fe": [2.0, 2.0]}))
+    f = build_featurizer(f"embedding:{path}")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cov = task_coverage(f, [8, 26, 8, 11, 1, 17], "my_task")
+    assert cov == {"task_elements": 5, "present": 3, "missing": ["Na", "Cl"]}
+    assert [str(w.message) for w in seen] == [
+        "featurizer 'embedding:" + str(path) + "': 2 of the 5 elements of task 'my_task' are not in the table "
+        "(Na, Cl); each gets a trainable fallback row"]
+    assert seen[0].category is CoverageWarning
+    # full coverage: nothing to say; announce=False (run ids computed by the sweep driver): silent as well
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert task_coverage(f, [1, 8], "t")["missing"] == []
+        assert task_coverage(f, [1, 11], "t", announce=False)["missing"] == ["Na"]
+        assert task_coverage(build_featurizer("onehot"), [118, 1], "t")["present"] == 2
+
+
+def test_a_table_covering_none_of_the_task_elements_is_refused(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"He": [1.0, 0.0], "Ne": [0.0, 1.0]}))
+    f = build_featurizer(f"embedding:{path}")
+    with pytest.raises(FeaturizerError, match=r"covers none of the 2 elements of task 'oxides' \(O, Fe\)"):
+        task_coverage(f, [26, 8], "oxides", announce=False)
+
+
+def test_random_control_is_the_same_on_every_machine():
+    """np.linalg.norm's last bit depends on the BLAS kernel the CPU gets (AVX2 vs AVX-512), which changed the
+    random control's hash and run ids between machines; the norm is now computed one fixed way (the AVX2
+    kernel's order, in which the committed quick-cpu records were made)."""
+    import subprocess
+    import sys
+
+    from bench.embeddings import table_hash
+
+    assert table_hash(random_vectors(64)) == "a3f84359858c01b0b66a8cc9372e2a34b9e7aae4ecfadc2cdd9535d32cd7cd65"
+    assert table_hash(random_vectors(200)) == "31656e720dd05e6b400d7a1bc4686e71b022df904842539a18c3e4aae642b5a4"
+    code = ("from bench.featurizers import random_vectors; from bench.embeddings import table_hash;"
+            "print(table_hash(random_vectors(17, 3)))")
+    for core in ("Haswell", "SkylakeX"):  # OpenBLAS kernels with different summation orders
+        env = {"OPENBLAS_CORETYPE": core, "PATH": "/usr/bin:/bin"}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.split()[-1] == "34dae51ce064c7e55e6be65d35a769d16e3ff2fb05244537106ed468231e4efc", core
