@@ -43,6 +43,9 @@ class Suite:
     fractions: tuple[float, ...]
     seeds: tuple[int, ...]
     description: str = ""
+    # the featurizer specs every (task, encoder) is trained with, besides each objective's table and the
+    # --controls; one-hot is the leaderboard's baseline column (bench run --features overrides)
+    featurizers: tuple[str, ...] = ("onehot",)
     epochs: int | None = None  # None: the encoder's reference epochs (configs/encoders/<encoder>.yaml)
     train_limit: int | None = None
     val_limit: int | None = None
@@ -128,6 +131,10 @@ def check_suite(s: Suite) -> None:
         raise SweepError(f"gpus_per_trial must be >= 0, got {s.gpus_per_trial}")
     if s.gpus_per_trial > 1 and not float(s.gpus_per_trial).is_integer():
         raise SweepError(f"gpus_per_trial {s.gpus_per_trial}: a fraction of a GPU must be below 1")
+    if not s.featurizers:
+        raise SweepError(f"suite {s.name or '?'}: featurizers is empty: give at least one, e.g. [onehot]")
+    if len(set(s.featurizers)) != len(s.featurizers):
+        raise SweepError(f"suite {s.name or '?'}: a featurizer is repeated: {','.join(s.featurizers)}")
     if len(set(s.fractions)) != len(s.fractions) or len(set(s.seeds)) != len(s.seeds):
         raise SweepError("fractions and seeds must not repeat")
 
@@ -195,13 +202,42 @@ def check_names(encoders: tuple[str, ...], objectives: tuple[str, ...], tasks: t
             raise SweepError(f"a {label} is repeated: {','.join(names)}")
 
 
+def check_featurizers(specs: tuple[str, ...]) -> None:
+    """Cheap checks of a suite's featurizer specs before anything is pretrained (plugins must be loaded): the
+    name (did-you-mean), a published table's name, a table file's existence."""
+    from bench.registry import FEATURIZERS
+
+    for spec in specs:
+        name, _, arg = spec.partition(":")
+        FEATURIZERS.entry(name)
+        if name == "published":
+            from bench.published import entry
+
+            entry(arg)
+        elif name in ("embedding", "embedding-init"):
+            if not arg:
+                raise SweepError(f"featurizer {spec!r} needs a table: {name}:<path.json>")
+            if not Path(arg).expanduser().is_file():
+                raise SweepError(f"featurizer {spec!r}: table file {arg!r} does not exist")
+
+
+def _column(spec: str) -> dict:
+    name, _, arg = spec.partition(":")
+    if name in ("embedding", "embedding-init") and arg:
+        # absolute, so that a worker with another working directory reads the same file; the runner labels it
+        return {"features": f"{name}:{Path(arg).expanduser().resolve()}", "features_label": None}
+    return {"features": spec, "features_label": spec}
+
+
 CONTROL_FEATURIZERS = ("random", "crysatom-published", "cgcnn")
 
 
-def featurizer_columns(tables: dict[str, Path], controls: bool, table_dim: int | None) -> list[dict]:
-    """The featurizers every (task, encoder) is trained with: one-hot (the baseline), each objective's table,
-    and with ``controls`` a random table of the same width, the published CrysAtom table and CGCNN's bits."""
-    cols = [{"features": "onehot", "features_label": "onehot"}]
+def featurizer_columns(tables: dict[str, Path], controls: bool, table_dim: int | None,
+                       featurizers: tuple[str, ...] = ("onehot",)) -> list[dict]:
+    """The featurizers every (task, encoder) is trained with: the suite's ``featurizers`` (default one-hot, the
+    baseline), each objective's table, and with ``controls`` a random table of the same width, the published
+    CrysAtom table and CGCNN's bits (each once, where the suite did not list it already)."""
+    cols = [_column(spec) for spec in featurizers]
     for obj, path in tables.items():
         cols.append({"features": f"embedding:{Path(path).resolve()}", "features_label": obj})
     if controls:
@@ -210,7 +246,8 @@ def featurizer_columns(tables: dict[str, Path], controls: bool, table_dim: int |
         cols.append({"features": random_spec, "features_label": "random"})
         cols.append({"features": "crysatom-published", "features_label": "crysatom-published"})
         cols.append({"features": "cgcnn", "features_label": "cgcnn"})
-    return cols
+    seen: set[str] = set()
+    return [c for c in cols if not (c["features"] in seen or seen.add(c["features"]))]
 
 
 def trial_configs(plan: SweepPlan, tables: dict[str, Path], table_dim: int | None = None) -> list[dict]:
@@ -220,7 +257,7 @@ def trial_configs(plan: SweepPlan, tables: dict[str, Path], table_dim: int | Non
     configs = []
     for task in s.tasks:
         for enc in plan.encoders:
-            for col in featurizer_columns(tables, plan.controls, table_dim):
+            for col in featurizer_columns(tables, plan.controls, table_dim, s.featurizers):
                 for frac in s.fractions:
                     for seed in s.seeds:
                         cfg = {

@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
     p.add_argument("--fractions", default=None, help="override label fractions, e.g. 0.1,0.25,0.5,1.0")
     p.add_argument("--seeds", default=None, help="override seeds, e.g. 0,1,2")
     p.add_argument("--epochs", type=int, default=None, help="override training epochs")
+    p.add_argument("--features", default=None,
+                   help="featurizer specs to compare, comma-separated (overrides the suite's featurizers, default "
+                        "onehot), e.g. onehot,published:mat2vec,published:magpie; see `bench list featurizers`")
     p.add_argument("--controls", action="store_true",
                    help="also run the controls: random table (same width), crysatom-published, cgcnn")
     p.add_argument("--cpus-per-trial", type=float, default=None)
@@ -48,14 +51,18 @@ def _names(text: str | None) -> tuple[str, ...]:
 
 def build_plan(args):
     """Parse and check every option; raises before anything heavy starts."""
-    from bench.sweep import SweepError, SweepPlan, check_address, check_names, load_suite, override, parse_list
+    from bench.sweep import (SweepError, SweepPlan, check_address, check_featurizers, check_names, load_suite,
+                             override, parse_list)
 
     if args.tasks is not None and not _names(args.tasks):
         raise SweepError("--tasks is empty: give task names, comma-separated")
+    if getattr(args, "features", None) is not None and not _names(args.features):
+        raise SweepError("--features is empty: give featurizer specs, comma-separated (e.g. onehot,published:mat2vec)")
     suite = load_suite(args.suite)
     suite = override(
         suite,
         tasks=_names(args.tasks) or None,
+        featurizers=_names(getattr(args, "features", None)) or None,
         fractions=parse_list(args.fractions, float, "--fractions"),
         seeds=parse_list(args.seeds, int, "--seeds"),
         epochs=args.epochs,
@@ -69,6 +76,7 @@ def build_plan(args):
     # custom tasks registered in that data dir (`bench data add --data-dir`), as bench train finds them
     register_custom_tasks(args.data_dir if args.data_dir is not None else suite.data_dir, quiet=True)
     check_names(encoders, objectives, suite.tasks)
+    check_featurizers(suite.featurizers)
     if args.max_retries < 0:
         raise SweepError(f"--max-retries must be >= 0, got {args.max_retries}")
     address = args.address or os.environ.get("RAY_ADDRESS") or None
