@@ -10,6 +10,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -e '.[test]'
+	# The published element embeddings (published:<name>) are data files inside the elementembeddings wheel;
+	# crysbench reads them without importing the package, so its plotting and dimensionality-reduction
+	# dependencies are left out (--no-deps) and Python 3.10 gets the same files (--ignore-requires-python).
+	$(PY) -m pip install --no-deps --ignore-requires-python 'elementembeddings==0.8.0'
 	touch $@
 
 install: $(VENV)/.installed
