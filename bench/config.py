@@ -125,11 +125,30 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     import yaml
 
     path = Path(path)
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); config files are flat YAML") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: {_yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at top level")
     for k, v in data.items():
         if isinstance(v, dict):
             raise ConfigError(f"{path}: key {k!r} is nested; config files are flat")
     return data
+
+
+def _yaml_problem(e: Exception) -> str:
+    """``line L: problem`` from a YAML parse error (PyYAML's own text spans several lines and a caret)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = " ".join(str(getattr(e, "problem", None) or e).split())
+    context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and getattr(e, "problem", None):
+        started = ""
+        if cmark is not None and mark is not None and cmark.line != mark.line:
+            started = f" (from line {cmark.line + 1})"
+        problem = f"{' '.join(str(context).split())}{started}: {problem}"
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem

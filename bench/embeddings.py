@@ -108,7 +108,10 @@ def load_table(path: str | Path) -> Table:
     if not path.is_file():
         raise FileNotFoundError(f"embedding table {str(path)!r} does not exist")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM some editors write is fine
+    except UnicodeDecodeError as e:
+        raise TableError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); tables are JSON files "
+                         "{symbol: [floats]}, never pickles") from None
     except json.JSONDecodeError as e:
         raise TableError(f"{path}: not valid JSON ({e}); tables are JSON files {{symbol: [floats]}}") from None
     vectors, meta = _validate(raw, str(path))

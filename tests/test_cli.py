@@ -23,3 +23,32 @@ def test_input_errors_are_one_line(argv, message, capsys):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert err.count("\n") == 1
+
+
+# ---- malformed inputs named in one line (file, line) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        (b"tasks: [dft_3d_formation_energy_peratom\nfractions: [0.5]\n", "line 2"),  # unclosed flow list
+        (b"tasks:\n  - dft_3d_formation_energy_peratom\n fractions: [0.5]\n", "line 3"),  # bad indentation
+        (b"tasks: [dft_3d_formation_energy_peratom]\nname: \xff\xfe\n", "not UTF-8"),
+    ],
+)
+def test_malformed_suite_yaml_names_the_file_and_line(tmp_path, capsys, text, where):
+    suite = tmp_path / "mysuite.yaml"
+    suite.write_bytes(text)
+    assert main(["run", "--suite", str(suite), "--encoder", "cgcnn", "--store", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert str(suite) in err and where in err and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_table_that_is_not_utf8_json_names_the_file(tmp_path, capsys):
+    table = tmp_path / "vectors.json"
+    table.write_bytes(b"\x80\x04\x95\x00\x00pickled")  # a pickle under a .json name
+    assert main(["embed", "report", str(table)]) == 2
+    err = capsys.readouterr().err
+    assert str(table) in err and "not UTF-8" in err and "Traceback" not in err
+    assert err.count("\n") == 1
