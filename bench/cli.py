@@ -57,4 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m bench.cli`: run the imported module's main, so that the UserError components raise (imported
+    # from bench.cli) is the class caught here, not this __main__ copy's
+    from bench.cli import main as _main
+
+    sys.exit(_main())

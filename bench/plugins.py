@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import sys
+import sysconfig
+import traceback
 from importlib import metadata
 from pathlib import Path
 
@@ -36,10 +39,57 @@ def load_entry_points() -> list[str]:
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         key = f"ep:{ep.value}"
         if key not in _loaded:
-            ep.load()
+            try:
+                ep.load()
+            except Exception as e:
+                raise _failed(f"entry point {ep.name!r} ({ep.value}, group {ENTRY_POINT_GROUP})", e, None) from None
             _loaded.add(key)
         names.append(ep.value)
     return names
+
+
+# Frames in these trees are crysbench's or Python's own; the user wants the line of their plugin that failed.
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+# (with a trailing separator, so that bench/ does not also match benchmarks/)
+_INTERNAL_DIRS = tuple(
+    os.path.join(str(Path(d).resolve()), "")
+    for d in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+)
+# installed, bench.encoders etc. lie inside bench/; editable, they are the repository's peer folders
+_OWN_DIRS = tuple(os.path.join(str(_PACKAGE_ROOT / d), "") for d in ("bench", "encoders", "tasks", "objectives"))
+
+
+def _user_frame(e: BaseException, plugin_file: Path | None) -> traceback.FrameSummary | None:
+    """The deepest frame in the plugin file, else in user code (not crysbench, the stdlib or site-packages),
+    else not in crysbench; for a SyntaxError, the offending line itself."""
+    if isinstance(e, SyntaxError) and e.filename and e.lineno:
+        return traceback.FrameSummary(e.filename, e.lineno, "<module>", line=(e.text or "").strip())
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith("<")]
+    resolved = [(f, str(Path(f.filename).resolve())) for f in frames]
+    preferences = [
+        lambda p: plugin_file is not None and p == str(plugin_file),
+        lambda p: not p.startswith(_OWN_DIRS) and not p.startswith(_INTERNAL_DIRS),
+        lambda p: not p.startswith(_OWN_DIRS),
+    ]
+    for ok in preferences:
+        hits = [f for f, p in resolved if ok(p)]
+        if hits:
+            return hits[-1]
+    return frames[-1] if frames else None
+
+
+def _failed(what: str, e: BaseException, plugin_file: Path | None) -> PluginError:
+    """One line: which plugin, the exception, and the user's own file:line with its source text."""
+    if isinstance(e, SyntaxError):
+        kind = "a syntax error" if type(e) is SyntaxError else f"a syntax error ({type(e).__name__})"
+        text = f"plugin {what} has {kind}: " + " ".join(str(e.msg).split())
+    else:
+        msg = " ".join(str(e).split())
+        text = f"plugin {what} failed to load: {type(e).__name__}" + (f": {msg}" if msg else "")
+    frame = _user_frame(e, plugin_file)
+    if frame is not None:
+        text += f" (at {frame.filename}:{frame.lineno}" + (f": {frame.line.strip()}" if frame.line else "") + ")"
+    return PluginError(text)
 
 
 def resolve(spec: str) -> str:
@@ -66,20 +116,39 @@ def load_plugin(spec: str) -> str:
         sys.modules[modname] = module
         try:
             s.loader.exec_module(module)
-        except Exception:
+        except Exception as e:
             sys.modules.pop(modname, None)
-            raise
+            raise _failed(str(path), e, path) from None
     else:
         try:
             importlib.import_module(spec)
         except ModuleNotFoundError as e:
-            raise PluginError(f"plugin module {spec!r} not found: {e}") from None
+            if e.name is not None and (spec == e.name or spec.startswith(e.name + ".")):
+                raise PluginError(f"plugin module {spec!r} not found: {e}") from None
+            raise _failed(f"module {spec!r}", e, None) from None  # the plugin imports something missing
+        except Exception as e:
+            raise _failed(f"module {spec!r}", e, None) from None
     _loaded.add(spec)
     return spec
 
 
+def _check_syntax(spec: str) -> None:
+    """Compile a plugin file without running it, so a syntax error is reported before torch is imported."""
+    path = resolve(spec)
+    if path in _loaded or not (path.endswith(".py") or "/" in path):
+        return
+    try:
+        compile(Path(path).read_bytes(), path, "exec", dont_inherit=True)
+    except SyntaxError as e:
+        raise _failed(path, e, Path(path)) from None
+    except (OSError, ValueError) as e:  # unreadable, or null bytes
+        raise PluginError(f"plugin {path}: cannot read it as Python source ({type(e).__name__}: {e})") from None
+
+
 def load_plugins(specs: list[str] | tuple[str, ...] = ()) -> list[str]:
     """Load built-ins, entry points, then ``specs``; idempotent. Returns the resolved user plugin list."""
+    for s in specs:
+        _check_syntax(s)
     load_builtins()
     load_entry_points()
     return [load_plugin(s) for s in specs]

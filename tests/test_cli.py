@@ -52,3 +52,39 @@ def test_table_that_is_not_utf8_json_names_the_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(table) in err and "not UTF-8" in err and "Traceback" not in err
     assert err.count("\n") == 1
+
+
+# ---- plugins that fail: the plugin and the user's own frame, not crysbench's internals -------------------------
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("import math\n\n\ndef build():\n    return math.sqrt(-1)\n\n\nbuild()\n",
+         ["failed to load", "ValueError: math domain error", ":5: return math.sqrt(-1)"]),
+        ("x = 1\ndef broken(:\n    pass\n", ["syntax error", ":2: def broken(:"]),
+        ("from bench.objectives import register_objective\n\n@register_objective('unate')\nclass Again:\n"
+         "    pass\n", ["'unate' is already registered", ":3: @register_objective('unate')"]),
+    ],
+)
+def test_plugin_that_fails_on_import_is_one_line_naming_it(tmp_path, capsys, source, expected):
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text(source)
+    assert main(["--plugin", str(plugin), "list", "objectives"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"plugin {plugin}" in err and all(e in err for e in expected), err
+    assert "bench/plugins.py" not in err and "importlib" not in err
+
+
+def test_plugin_module_that_raises_shows_its_frame(tmp_path, capsys, monkeypatch):
+    pkg = tmp_path / "broken_plugin_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from broken_plugin_pkg import helpers\n")
+    (pkg / "helpers.py").write_text("SETTINGS = {}\nWIDTH = SETTINGS['width']\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["--plugin", "broken_plugin_pkg", "list", "objectives"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "plugin module 'broken_plugin_pkg' failed to load: KeyError: 'width'" in err
+    assert f"{pkg / 'helpers.py'}:2: WIDTH = SETTINGS['width']" in err
