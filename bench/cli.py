@@ -37,16 +37,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def early_names(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(registry kind, name) pairs a command declared with ``set_defaults(registry_names=((dest, kind), ...))``:
+    checked before torch and DGL are imported (bench.plugins.check_early). Encoder, objective and task options
+    may be comma-separated lists; a featurizer spec is checked by its kind (the part before ``:``)."""
+    out = []
+    for dest, kind in getattr(args, "registry_names", ()):
+        value = getattr(args, dest, None)
+        if not value or not isinstance(value, str):
+            continue
+        if kind == "featurizer":
+            out.append((kind, value.partition(":")[0]))
+        else:
+            out.extend((kind, v.strip()) for v in value.split(",") if v.strip())
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Parse first: --help and argument errors answer before anything heavy (torch, DGL, Ray) is imported.
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
     from bench.config import ConfigError
-    from bench.plugins import PluginError, load_plugins
+    from bench.plugins import PluginError, check_early, load_plugins, save_builtin_names
     from bench.registry import RegistryError
     from bench.structures import StructureError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        check_early(early_names(args), args.plugin, getattr(args, "data_dir", None))
         args.plugins = load_plugins(args.plugin)
+        save_builtin_names()  # for check_early next time
         return int(args.func(args) or 0)
     except (UserError, RegistryError, ConfigError, PluginError, StructureError, FileNotFoundError) as e:
         print(f"bench {args.command}: error: {e}", file=sys.stderr)

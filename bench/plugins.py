@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import os
 import sys
 import sysconfig
 import traceback
 from importlib import metadata
 from pathlib import Path
+from typing import Iterable
 
 ENTRY_POINT_GROUP = "crysbench.plugins"
 _BUILTINS = ("bench.featurizers", "bench.graphs", "bench.encoders", "bench.tasks", "bench.objectives")
@@ -152,3 +154,97 @@ def load_plugins(specs: list[str] | tuple[str, ...] = ()) -> list[str]:
     load_builtins()
     load_entry_points()
     return [load_plugin(s) for s in specs]
+
+
+# ---- built-in names without the heavy imports ----------------------------------------------------------------
+# Encoders, featurizers and objectives import torch and DGL (seconds). So that a mistyped name is answered at
+# once, the names the built-in modules registered are kept in the cache, keyed by the size and mtime of
+# crysbench's own source files; a stale or missing list is never used (the full check then runs as before, and
+# the command line rewrites the list).
+
+_EARLY_KINDS = {"encoder": "ENCODERS", "featurizer": "FEATURIZERS", "objective": "OBJECTIVES",
+                "graph spec": "GRAPH_SPECS"}
+
+
+def _names_file() -> Path:
+    from bench.paths import cache_dir
+
+    return cache_dir() / "builtin-names.json"
+
+
+def _source_fingerprint() -> str:
+    h = hashlib.sha1()
+    for d in _OWN_DIRS:
+        for root, dirs, files in os.walk(d):
+            dirs[:] = sorted(x for x in dirs if x != "__pycache__")
+            for f in sorted(files):
+                if f.endswith(".py"):
+                    st = os.stat(os.path.join(root, f))
+                    h.update(f"{root}/{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def save_builtin_names() -> None:
+    """Record the names crysbench's own modules registered (not tests' or plugins') for ``check_early``; the
+    command line calls it after loading the plugins."""
+    from bench import registry
+
+    names = {kind: sorted(e.name for e in getattr(registry, attr).entries() if _is_own(e.source))
+             for kind, attr in _EARLY_KINDS.items()}
+    doc = {"fingerprint": _source_fingerprint(), "names": names}
+    path = _names_file()
+    try:
+        if path.is_file() and json.loads(path.read_text()) == doc:
+            return
+        from bench.paths import atomic_write_text
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(doc, sort_keys=True))
+    except (OSError, ValueError):
+        pass  # a read-only or broken cache costs only speed
+
+
+def _is_own(source: str) -> bool:
+    """Whether a registry entry's source ("file:line", or a module name for objects without source) is
+    crysbench's own."""
+    if source.split(".")[0] == "bench":
+        return True
+    return str(Path(source.rsplit(":", 1)[0]).resolve()).startswith(_OWN_DIRS)
+
+
+def _saved_builtin_names() -> dict[str, list[str]] | None:
+    try:
+        doc = json.loads(_names_file().read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("fingerprint") != _source_fingerprint():
+        return None
+    names = doc.get("names")
+    return names if isinstance(names, dict) else None
+
+
+def check_early(names: Iterable[tuple[str, str]], specs: list[str] | tuple[str, ...] = (),
+                data_dir: str | None = None) -> None:
+    """Refuse an unknown (kind, name) with the registry's own did-you-mean message, before torch and DGL are
+    imported. Does nothing when a plugin or an installed entry point could register more names, or when the
+    saved built-in names are stale: the registries decide after loading, as always."""
+    names = list(names)
+    if not names or specs or any(True for _ in metadata.entry_points(group=ENTRY_POINT_GROUP)):
+        return
+    from bench import registry
+
+    saved = None
+    for kind, name in names:
+        if kind == "task":  # tasks are cheap to load (no torch) and include the user's custom tasks
+            from bench.tasks import get_task
+
+            get_task(name, data_dir)
+            continue
+        saved = saved if saved is not None else _saved_builtin_names()
+        if saved is None:
+            return
+        known = saved.get(kind)
+        if known is None or name in known:
+            continue
+        reg = getattr(registry, _EARLY_KINDS[kind])
+        raise registry.RegistryError(registry.suggest(name, known, kind) + (f" {reg.hint}" if reg.hint else ""))

@@ -88,3 +88,82 @@ def test_plugin_module_that_raises_shows_its_frame(tmp_path, capsys, monkeypatch
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert "plugin module 'broken_plugin_pkg' failed to load: KeyError: 'width'" in err
     assert f"{pkg / 'helpers.py'}:2: WIDTH = SETTINGS['width']" in err
+
+
+# ---- answers before the heavy imports --------------------------------------------------------------------------
+
+HEAVY = ("torch", "dgl", "ray", "pymatgen", "jarvis", "pandas", "matplotlib")
+
+_PROBE = """
+import contextlib, io, json, sys
+from bench.cli import main
+
+def rc(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+    return [code, out.getvalue() + err.getvalue()]
+
+results = [rc(argv) for argv in json.loads(sys.argv[1])]
+print(json.dumps({"results": results, "heavy": sorted(m for m in %r if m in sys.modules)}))
+""" % (HEAVY,)
+
+
+def _probe(cases: list[list[str]]) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(cases)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_help_and_argument_errors_import_no_heavy_module():
+    from bench.cli import COMMANDS
+
+    cases = [[c, "--help"] for c in COMMANDS] + [[c, "--bogus"] for c in COMMANDS]
+    cases += [["graphs", "build", "--help"], ["embed", "report", "--help"], ["data", "info", "--help"],
+              ["list", "encoderz"], ["--help"]]
+    res = _probe(cases)
+    assert res["heavy"] == [], res["heavy"]
+    for argv, (code, text) in zip(cases, res["results"]):
+        assert code == (0 if "--help" in argv else 2), (argv, text)
+
+
+def test_mistyped_registry_names_are_refused_before_torch_is_imported():
+    # any earlier command (here `bench list encoders`, which imports everything) leaves the built-in names in the
+    # cache (private to the test session, see conftest)
+    listed = _probe([["list", "encoders"]])
+    assert listed["results"][0][0] == 0 and "torch" in listed["heavy"]
+    task = "dft_3d_formation_energy_peratom"
+    cases = {
+        ("train", "--encoder", "cgcn", "--task", task, "--features", "onehot"): "Did you mean 'cgcnn'",
+        ("train", "--encoder", "cgcnn", "--task", task, "--features", "onehott"): "Did you mean 'onehot'",
+        ("train", "--encoder", "cgcnn", "--task", task + "s", "--features", "onehot"): f"Did you mean '{task}'",
+        ("pretrain", "--objective", "unat"): "Did you mean 'unate'",
+        ("graphs", "build", "--spec", "alignnn", "--task", task): "Did you mean 'alignn'",
+        ("run", "--encoder", "cgcnn,megnett"): "Did you mean 'megnet'",
+    }
+    res = _probe([list(c) for c in cases])
+    for (argv, message), (code, text) in zip(cases.items(), res["results"]):
+        assert code == 2 and message in text and text.count("\n") == 1, (argv, text)
+    assert res["heavy"] == [], res["heavy"]
+
+
+def test_early_name_check_stands_aside_for_plugins_and_stale_lists(tmp_path, monkeypatch):
+    """A plugin may register the name, and a list saved by other source files may lack a new built-in: in both
+    cases nothing is refused early (the registries decide after loading)."""
+    import bench.plugins as plugins
+
+    plugins.load_plugins([])
+    plugins.save_builtin_names()
+    with pytest.raises(Exception, match="Did you mean 'cgcnn'"):
+        plugins.check_early([("encoder", "cgcn")])
+    plugins.check_early([("encoder", "my-encoder")], specs=["./my_plugin.py"])
+    monkeypatch.setattr(plugins, "_source_fingerprint", lambda: "other sources")
+    plugins.check_early([("encoder", "cgcn")])

@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
     i.add_argument("--data-dir", default=None, help="folder with the jarvis-tools files, or 'sample'")
     i.add_argument("--skip-bad", action="store_true", help="leave out bad entries (counted) instead of failing")
     i.add_argument("--json", action="store_true")
-    i.set_defaults(func=run_info)
+    i.set_defaults(func=run_info, registry_names=(("task", "task"),))
 
     a = dsub.add_parser("add", help="register a CGCNN folder or a CSV/JSON table as task NAME")
     a.add_argument("name")

@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     b.add_argument("--skip-errors", action="store_true", help="leave out structures that fail (counted)")
     b.add_argument("--no-progress", action="store_true")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")
-    b.set_defaults(func=run_build)
+    b.set_defaults(func=run_build, registry_names=(("spec", "graph spec"), ("task", "task")))
 
 
 def _load_source(path: str):

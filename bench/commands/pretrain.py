@@ -41,7 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an objective option")
     p.add_argument("--encoder-set", action="append", default=[], metavar="KEY=VALUE", help="an encoder option")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, registry_names=(("objective", "objective"), ("encoder", "encoder"),
+                                             ("featurizer", "featurizer")))
 
 
 def run(args) -> int:

@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
                         "another source (same reduced composition, volume per atom within 2%%), not only its id")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, registry_names=(("encoder", "encoder"), ("objective", "objective"), ("tasks", "task")))
 
 
 def _names(text: str | None) -> tuple[str, ...]:

@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="also write the record JSON to this file")
     p.add_argument("--json", action="store_true", help="print the record as JSON instead of a summary")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, registry_names=(("encoder", "encoder"), ("task", "task"), ("features", "featurizer")))
 
 
 def summary(rec: dict) -> str:
