@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import json
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -110,13 +110,17 @@ def dataset_file(dataset: str, data_dir=None) -> tuple[Path, bool]:
 
 
 def _jarvis_rows(dataset: str, path: Path) -> list[dict]:
-    """Rows through jarvis-tools (which downloads the file when it is missing); its chatter goes to stderr."""
+    """Rows through jarvis-tools (which downloads the file when it is missing). Its stdout chatter ("Obtaining
+    3D dataset ...", the reference, "Loading completed.") is dropped; the download progress bar (stderr) and
+    errors are kept."""
     from jarvis.db.figshare import data as jarvis_data
 
     existed = path.is_file()
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not existed:
+        notice(f"downloading {dataset} into {path.parent} (jarvis-tools)")
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(io.StringIO()):
             return jarvis_data(dataset, store_dir=str(path.parent))
     except Exception as e:  # network failure, interrupted download, corrupt zip
         if not existed and path.is_file():

@@ -167,3 +167,33 @@ def test_early_name_check_stands_aside_for_plugins_and_stale_lists(tmp_path, mon
     plugins.check_early([("encoder", "my-encoder")], specs=["./my_plugin.py"])
     monkeypatch.setattr(plugins, "_source_fingerprint", lambda: "other sources")
     plugins.check_early([("encoder", "cgcn")])
+
+
+# ---- jarvis-tools' chatter stays out of the output -------------------------------------------------------------
+
+
+def test_jarvis_download_chatter_is_not_printed(tmp_path, capsys, monkeypatch):
+    from bench.tasks import jarvis as tj
+    from bench.tasks.base import TaskError
+
+    def chatty(dataset, store_dir=None):
+        print("Obtaining 3D dataset 55k ...")
+        print("Reference:https://www.nature.com/articles/s41524-020-00440-1")
+        print("Loading the zipfile...")
+        print("Loading completed.")
+        return [{"jid": "JVASP-1"}]
+
+    monkeypatch.setattr("jarvis.db.figshare.data", chatty)
+    assert tj._jarvis_rows("dft_3d", tmp_path / "jdft_3d-8-18-2021.json.zip") == [{"jid": "JVASP-1"}]
+    out, err = capsys.readouterr()
+    for line in ("Obtaining", "Reference:", "Loading"):
+        assert line not in out and line not in err
+
+    def failing(dataset, store_dir=None):
+        print("Obtaining 3D dataset 55k ...")
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr("jarvis.db.figshare.data", failing)
+    with pytest.raises(TaskError, match="no route to host"):  # real errors still reach the user
+        tj._jarvis_rows("dft_3d", tmp_path / "jdft_3d-8-18-2021.json.zip")
+    assert "Obtaining" not in capsys.readouterr().out
