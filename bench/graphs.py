@@ -43,7 +43,9 @@ src, then image (alignn).
 
 Cache (``load_graphs``): one ``.npz`` per (dataset key, spec, structures fingerprint, ``GRAPH_CODE_VERSION``)
 under ``cache_dir()/graphs``, concatenated arrays + per-graph counts, read with ``allow_pickle=False``,
-written atomically; the line graph is rebuilt on read (bit-identical), not stored.
+written atomically; the line graph is rebuilt on read (bit-identical), not stored. The file also holds a full
+hash of the structures it was built from (ids included) and a checksum of its arrays: a file that fails either
+(altered, swapped for another dataset's) is rebuilt with a warning, never used.
 
 Neighbour search is vectorised: the number of images per axis follows from the cutoff and the perpendicular
 heights of the cell (``h_k = 1 / |b_k|``, b the reciprocal rows), so strongly skewed cells get enough images;
@@ -75,6 +77,9 @@ log = logging.getLogger(__name__)
 
 # Bump whenever a built graph would change (edges, order, dtypes, file layout): old caches are then ignored.
 GRAPH_CODE_VERSION = "3"
+# Bump when the cache file's fields or checks change (not the graphs, so not part of a run's identity); a file of
+# another format is rebuilt, with a warning.
+CACHE_FORMAT = "2"
 # Distances within this many Å of the k-th neighbour distance count as tied (float noise, not physics).
 TIE_TOL = 1e-6
 # Edge order sorts distances quantised to this many Å (then src, image), so float noise cannot reorder ties.
@@ -620,15 +625,30 @@ class GraphList(list):
         self.skipped = list(skipped)
 
 
-def structures_fingerprint(structures: Sequence[Structure]) -> str:
-    """A hash of every lattice, coordinate and element (so a changed or truncated dataset misses the cache)."""
-    h = hashlib.blake2b(digest_size=10)
+def _structures_hash(structures: Sequence[Structure], digest_size: int, ids: bool) -> str:
+    h = hashlib.blake2b(digest_size=digest_size)
     h.update(str(len(structures)).encode())
     for s in structures:
         h.update(np.ascontiguousarray(s.lattice, dtype=np.float64).tobytes())
         h.update(np.ascontiguousarray(s.frac, dtype=np.float64).tobytes())
         h.update(np.ascontiguousarray(s.numbers, dtype=np.int64).tobytes())
+        if ids:
+            sid = str(getattr(s, "id", "")).encode()
+            h.update(len(sid).to_bytes(8, "little") + sid)
     return h.hexdigest()
+
+
+def structures_fingerprint(structures: Sequence[Structure]) -> str:
+    """A hash of every lattice, coordinate and element (so a changed or truncated dataset misses the cache)."""
+    return _structures_hash(structures, 10, ids=False)
+
+
+def cache_source(structures: Sequence[Structure], spec: str | GraphSpec) -> str:
+    """What a cache file's graphs were built from: a full hash of every lattice, coordinate, element and id, the
+    spec and ``GRAPH_CODE_VERSION``. Stored inside the file and compared on read, so a file that is not the one
+    its name promises (swapped, copied from another dataset) is rebuilt, not used."""
+    spec = get_spec(spec)
+    return f"{_structures_hash(structures, 32, ids=True)}:{spec.name}-{spec.ident}:v{GRAPH_CODE_VERSION}"
 
 
 def cache_path(structures: Sequence[Structure], spec: str | GraphSpec, key: str) -> Path:
@@ -646,9 +666,40 @@ _COUNT_OF = {"numbers": "n_nodes", "src": "n_edges", "dst": "n_edges", "offsets"
              "dist": "n_edges", "lg_src": "n_lg", "lg_dst": "n_lg", "cos": "n_lg"}
 
 
+class GraphCacheMismatch(ValueError):
+    """A graph cache file that does not hold what it should: altered, damaged, of another format, or built from
+    other structures."""
+
+
+def arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
+    """blake2b of every array's name, dtype, shape and bytes, the stored checksum itself excepted."""
+    h = hashlib.blake2b(digest_size=32)
+    for name in sorted(arrays):
+        if name == "checksum":
+            continue
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+def _check_cache(data: dict[str, np.ndarray], source: str | None) -> None:
+    """Raise GraphCacheMismatch unless ``data`` (a cache file's arrays) is intact, of this format and, when
+    ``source`` is given, built from it (``cache_source``)."""
+    if "format" not in data:
+        raise GraphCacheMismatch("written by an older crysbench, without a content check")
+    if str(data["format"]) != CACHE_FORMAT:
+        raise GraphCacheMismatch(f"cache format {str(data['format'])!r}, this version reads {CACHE_FORMAT!r}")
+    if str(data.get("checksum", "")) != arrays_checksum(data):
+        raise GraphCacheMismatch("its arrays do not match their stored checksum (altered or damaged)")
+    if source is not None and str(data["source"]) != source:
+        raise GraphCacheMismatch("built from other structures or another graph spec (a swapped or copied file)")
+
+
 def save_graphs(path: str | os.PathLike, graphs: Sequence[GraphData], kept: np.ndarray,
-                skipped: Sequence[tuple[int, str, str]] = ()) -> None:
-    """Write graphs as one npz of concatenated arrays + per-graph counts (no pickle), atomically.
+                skipped: Sequence[tuple[int, str, str]] = (), *, source: str = "") -> None:
+    """Write graphs as one npz of concatenated arrays + per-graph counts (no pickle), atomically, with the cache
+    format, ``source`` (``cache_source`` of the structures) and a checksum of the arrays, checked on read.
 
     The line graph is not stored: it is ~10x the atom graph on disk, and ``read_graphs`` rebuilds it (and the
     bit-identical cosines) from the edges in a few vectorised passes."""
@@ -671,6 +722,9 @@ def save_graphs(path: str | os.PathLike, graphs: Sequence[GraphData], kept: np.n
         shape_tail = (3,) if f in ("offsets", "vec") else ()
         arrays[f] = (np.concatenate(parts).astype(_STORE_DTYPES[f]) if parts
                      else np.zeros((0,) + shape_tail, dtype=_STORE_DTYPES[f]))
+    arrays["format"] = np.array(CACHE_FORMAT)
+    arrays["source"] = np.array(source)
+    arrays["checksum"] = np.array(arrays_checksum(arrays))
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
@@ -708,10 +762,12 @@ def _line_graphs_of(data: dict, chunk_edges: int = 2_000_000) -> tuple[np.ndarra
     return np.concatenate(out_s), np.concatenate(out_d), np.concatenate(out_c)
 
 
-def read_graphs(path: str | os.PathLike) -> GraphList:
-    """Read a file written by ``save_graphs`` (``allow_pickle=False``)."""
+def read_graphs(path: str | os.PathLike, *, source: str | None = None) -> GraphList:
+    """Read a file written by ``save_graphs`` (``allow_pickle=False``); GraphCacheMismatch unless it is intact and
+    (``source`` given) built from ``source``."""
     with np.load(path, allow_pickle=False) as z:
         data = {k: z[k] for k in z.files}
+    _check_cache(data, source)
     with_lg = bool(data["with_lg"])
     ids = data["ids"]
     split: dict[str, list[np.ndarray]] = {}
@@ -814,8 +870,13 @@ def load_graphs(structures: Sequence[Structure], spec: str | GraphSpec, key: str
     path = cache_path(structures, spec, key) if cache else None
     if path is not None and path.exists():
         try:
-            out = read_graphs(path)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            out = read_graphs(path, source=cache_source(structures, spec))
+            if [g.id for g in out] != [str(getattr(structures[i], "id", "?")) for i in out.kept]:
+                raise GraphCacheMismatch("its graphs' ids differ from the structures' ids")
+        except GraphCacheMismatch as e:
+            log.warning("graph cache %s does not hold the graphs of these %d structures (%s); rebuilding it",
+                        path, len(structures), e)
+        except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as e:
             log.warning("ignoring unreadable graph cache %s (%s); rebuilding", path, e)
         else:
             if out.skipped and on_error == "raise":
@@ -828,7 +889,7 @@ def load_graphs(structures: Sequence[Structure], spec: str | GraphSpec, key: str
             return out
     out = build_graphs(structures, spec, workers=workers, progress=progress, on_error=on_error)
     if path is not None:
-        save_graphs(path, out, out.kept, out.skipped)
+        save_graphs(path, out, out.kept, out.skipped, source=cache_source(structures, spec))
     return out
 
 

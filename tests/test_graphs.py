@@ -362,6 +362,69 @@ def test_cache_hit_does_no_neighbour_search(fixture_structures, monkeypatch, tmp
         G.load_graphs(fixture_structures, "cgcnn", "fixture", workers=1, progress=False)
 
 
+
+def _rewrite(path, **changes):
+    """Rewrite a cache file in place as a valid npz with some arrays changed (the name, and everything else, kept)."""
+    with np.load(path, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    data.update(changes)
+    with open(path, "wb") as fh:
+        np.savez(fh, **data)
+
+
+def test_altered_cache_file_is_rebuilt_with_a_warning(fixture_structures, monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
+    structs = fixture_structures[:12]
+    fresh = G.load_graphs(structs, "cgcnn", "fixture", workers=1, progress=False)
+    (path,) = (tmp_path / "graphs").iterdir()
+    with np.load(path, allow_pickle=False) as z:
+        dist, numbers = z["dist"].copy(), z["numbers"].copy()
+    dist[5] *= 1.5  # a bond 50 % longer
+    numbers[0] = 26 if numbers[0] != 26 else 8  # another element
+    for changes in ({"dist": dist}, {"numbers": numbers}):
+        _rewrite(path, **changes)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="bench.graphs"):
+            again = G.load_graphs(structs, "cgcnn", "fixture", workers=1, progress=False)
+        assert "does not hold the graphs of these 12 structures" in caplog.text and "checksum" in caplog.text
+        assert path.name in caplog.text
+        for a, b in zip(fresh, again):
+            _same(a, b)
+    # the rebuilt file is read back without a warning (and without a neighbour search)
+    monkeypatch.setattr(G, "neighbor_pairs", lambda *a, **k: pytest.fail("neighbour search on a cache hit"))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bench.graphs"):
+        G.load_graphs(structs, "cgcnn", "fixture", workers=1, progress=False)
+    assert not caplog.text and not list(path.parent.glob("*.tmp"))
+
+
+def test_cache_swapped_for_another_datasets_is_rebuilt(fixture_structures, monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
+    mine, other = fixture_structures[:20], fixture_structures[20:33]
+    G.load_graphs(other, "cgcnn", "task-b", workers=1, progress=False)
+    (theirs,) = (tmp_path / "graphs").iterdir()
+    target = G.cache_path(mine, "cgcnn", "task-a")
+    target.write_bytes(theirs.read_bytes())  # another task's (intact) cache under this task's name
+    with caplog.at_level("WARNING", logger="bench.graphs"):
+        out = G.load_graphs(mine, "cgcnn", "task-a", workers=1, progress=False)
+    assert "built from other structures" in caplog.text and target.name in caplog.text
+    assert len(out) == 20 and [g.id for g in out] == [s.id for s in mine]
+    for a, s in zip(out, mine):
+        _same(a, G.build_graph(s, "cgcnn"))
+    # the same structures renamed (ids are part of what a cache holds) and an older file format
+    renamed = [Structure(s.lattice, s.frac, s.numbers, id=f"{s.id}-copy") for s in mine]
+    G.cache_path(renamed, "cgcnn", "task-a").write_bytes(target.read_bytes())
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bench.graphs"):
+        out = G.load_graphs(renamed, "cgcnn", "task-a", workers=1, progress=False)
+    assert "built from other structures" in caplog.text and out[0].id == mine[0].id + "-copy"
+    _rewrite(target, format=np.array("1"))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bench.graphs"):
+        assert len(G.load_graphs(mine, "cgcnn", "task-a", workers=1, progress=False)) == 20
+    assert "cache format '1'" in caplog.text
+
+
 def test_interrupted_build_leaves_no_cache(fixture_structures, monkeypatch, tmp_path):
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
     real = G.build_graph
