@@ -98,14 +98,30 @@ def _clusters(x: np.ndarray, tol: float) -> np.ndarray:
     return labels
 
 
+def _dense(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..K-1 of the distinct values of ``x`` (in value order)."""
+    return np.unique(x, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
+def _pack(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One int64 key per row (a, b) of non-negative integers, ordered as the rows are (lexicographically)."""
+    a, b = a.astype(np.int64, copy=False), b.astype(np.int64, copy=False)
+    if len(a) and (int(a.max()) + 1) * (int(b.max()) + 1) >= 2**62:
+        a, b = _dense(a), _dense(b)  # ranks < len(a): the product fits
+    return a * (int(b.max()) + 1 if len(b) else 1) + b
+
+
 def _relabel(*cols: np.ndarray) -> np.ndarray:
-    """Dense ids 0..K-1 of the distinct rows of the given integer columns (ordered by row value)."""
+    """Dense ids 0..K-1 of the distinct rows of the given integer columns (ordered by row value). Packed 1-d keys
+    (a sort of int64), not ``np.unique(axis=0)``, which sorts rows as records and is several times slower."""
     if len(cols[0]) == 0:
         return np.zeros(0, dtype=np.int64)
-    if len(cols) == 1:
-        return np.unique(cols[0], return_inverse=True)[1].reshape(-1).astype(np.int64)
-    rows = np.stack([np.asarray(c).astype(np.int64, copy=False) for c in cols], axis=1)
-    return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    key = None
+    for c in cols:
+        c = np.asarray(c).astype(np.int64, copy=False)
+        c = c if c.min() >= 0 else _dense(c)
+        key = c if key is None else _pack(key, c)
+    return _dense(key)
 
 
 def _multiset_hash(group: np.ndarray, key: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -129,12 +145,15 @@ def _check_equitable(member_class: np.ndarray, in_group: np.ndarray, in_class: n
     """Every member of a class has the same number of incoming items of each class (zero included)."""
     if len(in_group) == 0:
         return
-    pairs, counts = np.unique(np.stack([in_group, in_class], axis=1), axis=0, return_counts=True)
-    cls_pair = _relabel(member_class[pairs[:, 0]], pairs[:, 1])  # (member class, incoming class)
-    same_count = len(np.unique(np.stack([cls_pair, counts], axis=1), axis=0)) == int(cls_pair.max()) + 1
-    first = np.unique(cls_pair, return_index=True)[1]
+    in_group, in_class = in_group.astype(np.int64, copy=False), in_class.astype(np.int64, copy=False)
+    _, first, counts = np.unique(_pack(in_group, in_class), return_index=True, return_counts=True)
+    group = in_group[first]  # one row per (member, incoming class) present
+    _, cls_first, cls_pair = np.unique(_pack(member_class[group], in_class[first]), return_index=True,
+                                       return_inverse=True)  # (member class, incoming class)
+    cls_pair = cls_pair.reshape(-1)
+    same_count = len(np.unique(_pack(cls_pair, counts))) == len(cls_first)
     members_with = np.bincount(cls_pair)  # members of the class that have such incoming items
-    all_have = np.array_equal(members_with, np.bincount(member_class)[member_class[pairs[first, 0]]])
+    all_have = np.array_equal(members_with, np.bincount(member_class)[member_class[group[cls_first]]])
     if not (same_count and all_have):
         raise QuotientError(f"colour refinement: the {what} classes are not equitable (a hash collision); "
                             "run without the symmetry reduction")
