@@ -268,3 +268,53 @@ def test_classes_are_stored_beside_the_graph_cache_and_reused(tmp_path, real_gra
         gd.__dict__.pop("_quotient", None)
     ensure_classes(other, cache)
     assert all(np.array_equal(quotient_of(o).atom_class, quotient_of(f).atom_class) for o, f in zip(other, fresh[1:]))
+
+
+def _renumbered(s: Structure, seed: int) -> Structure:
+    perm = np.random.default_rng(seed).permutation(len(s.numbers))
+    return Structure(s.lattice, s.frac[perm], s.numbers[perm], id=s.id)
+
+
+def test_stale_or_damaged_stored_classes_are_recomputed_not_used(tmp_path, caplog):
+    """Classes stored beside a cache for the same real graphs with their atoms renumbered (same atom, bond and
+    triplet counts) must not be attached: the reduced predictions must equal the full graphs'."""
+    from bench.quotient import classes_path, ensure_classes
+
+    structs = [s for s, _ in load_fixture_structures() if 4 <= len(s.numbers) <= 24][:8]
+    cache = tmp_path / "graphs" / "task-cgcnn.npz"
+    original = [build_graph(s, "cgcnn") for s in structs]
+    ensure_classes(original, cache)
+    renumbered = [build_graph(_renumbered(s, i), "cgcnn") for i, s in enumerate(structs)]
+    assert [(a.num_nodes, a.num_edges) for a in original] == [(b.num_nodes, b.num_edges) for b in renumbered]
+    assert any(not np.array_equal(quotient_of(a).atom_class, quotient_of(copy.copy(b)).atom_class)
+               for a, b in zip(original, renumbered))  # the stored classes are wrong for these graphs
+    with caplog.at_level("WARNING", logger="bench.quotient"):
+        ensure_classes(renumbered, cache)
+    assert "computed for other graphs" in caplog.text and classes_path(cache).name in caplog.text
+    torch.manual_seed(0)
+    model = build_encoder("cgcnn", build_featurizer("cgcnn"), {"hidden": 16, "layers": 2, "fc_hidden": 16}).eval()
+    items = [(gd, 0.0) for gd in renumbered]
+    with torch.no_grad():
+        full, reduced = model(collate(items)).pred, model(collate(items, quotient=True)).pred
+    assert torch.allclose(full, reduced, atol=1e-4 * float(full.abs().max())), (full - reduced).abs().max()
+    # the file now holds these graphs' classes: read back without a warning
+    caplog.clear()
+    again = [copy.copy(gd) for gd in renumbered]
+    for gd in again:
+        gd.__dict__.pop("_quotient", None)
+    with caplog.at_level("WARNING", logger="bench.quotient"):
+        ensure_classes(again, cache)
+    assert not caplog.text
+    assert all(np.array_equal(quotient_of(a).atom_rep, quotient_of(b).atom_rep) for a, b in zip(again, renumbered))
+    # a damaged file (valid npz, classes altered, same content key) is refused too
+    with np.load(classes_path(cache), allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    data["atom_class"] = data["atom_class"][::-1].copy()
+    with open(classes_path(cache), "wb") as fh:
+        np.savez(fh, **data)
+    for gd in again:
+        gd.__dict__.pop("_quotient", None)
+    with caplog.at_level("WARNING", logger="bench.quotient"):
+        ensure_classes(again, cache)
+    assert "checksum" in caplog.text
+    assert all(np.array_equal(quotient_of(a).atom_class, quotient_of(b).atom_class) for a, b in zip(again, renumbered))
