@@ -358,7 +358,8 @@ def run_one(config: dict[str, Any]) -> dict[str, Any]:
         "features_label": p.features_label,
         "table_hash": p.featurizer.table_hash,
         "featurizer_coverage": p.coverage,
-        "train_settings": to_dict(p.settings),
+        # the featurizer this run used, not the encoder yaml's default (not part of the identity, see above)
+        "train_settings": {**to_dict(p.settings), "featurizer": cfg.features},
         "fraction": float(cfg.fraction),
         "seed": int(cfg.seed),
         "limits": ident["limits"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
@@ -183,3 +184,65 @@ def test_run_id_sensitive_to_each_field(key, value):
     ident = copy.deepcopy(IDENTITY)
     ident[key] = value
     assert run_id(ident) != run_id(IDENTITY)
+
+
+# ---- run ids of committed records; what a record says it used ---------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = REPO / "leaderboard" / "quick-cpu"
+
+
+def _committed_record(kind: str) -> dict:
+    for p in sorted((COMMITTED / "records").glob("*.json")):
+        rec = json.loads(p.read_text())
+        if rec["featurizer"].partition(":")[0] == kind:
+            return rec
+    raise AssertionError(f"no committed record with featurizer {kind}")
+
+
+# not "random": its table (hence its hash) is computed where the run runs, and the committed records' hash is
+# not the one this code computes on this machine (they were made on another; float rounding is the suspect)
+@pytest.mark.parametrize("kind", ["onehot", "cgcnn", "crysatom-published", "embedding"])
+def test_committed_records_keep_their_run_ids(kind):
+    """The code today computes the same identity (hence run id) for the committed records' runs, so a store's
+    finished runs stay finished: nothing here may change what a run id covers."""
+    from bench.runner import identity, parse_config, prepare
+
+    rec = _committed_record(kind)
+    features = rec["featurizer"]
+    if kind == "embedding":  # recorded with the absolute path of the machine that ran it; the hash identifies it
+        features = f"embedding:{COMMITTED / 'tables' / Path(features.partition(':')[2]).name}"
+    # settings added since the record was written ran at the value that reproduces the code of the day
+    settings = {**records.SETTINGS_ADDED_AT_DEFAULT, **rec["train_settings"]}
+    settings.pop("featurizer")
+    cfg = parse_config({
+        "task": rec["task"], "encoder": rec["encoder"], "features": features, "fraction": rec["fraction"],
+        "seed": rec["seed"], "device": "cpu", "plugins": rec["plugins"], "encoder_options": rec["encoder_options"],
+        "train_options": settings,
+        "train_limit": rec["limits"]["train"], "val_limit": rec["limits"]["val"], "test_limit": rec["limits"]["test"],
+    })
+    ident = identity(prepare(cfg), rec["dataset_key"])
+    assert ident == rec["identity"]
+    assert run_id(ident) == rec["run_id"]
+
+
+def test_record_names_the_featurizer_the_run_used_without_changing_its_id():
+    from bench.runner import run_one
+
+    base = {"task": "dft_3d_formation_energy_peratom", "encoder": "cgcnn", "data_dir": "sample", "epochs": 1,
+            "train_limit": 16, "val_limit": 4, "test_limit": 4, "device": "cpu",
+            "encoder_options": {"hidden": 8, "layers": 1, "fc_hidden": 8}, "train_options": {"batch_size": 8}}
+    rec = run_one(dict(base, features="random:0:16"))
+    assert rec["featurizer"] == rec["train_settings"]["featurizer"] == "random:0:16"  # cgcnn.yaml says cgcnn
+    assert "featurizer" not in rec["identity"]["train_settings"]
+    assert run_id(rec["identity"]) == rec["run_id"]
+
+
+def test_records_that_differ_only_in_featurizer_share_a_protocol():
+    """The featurizer a record names in train_settings is the axis a leaderboard section compares, so it must not
+    split one-hot and the tables into separate protocol sections."""
+    from bench.leaderboard import protocol_of
+
+    a = make_record(train_settings={**IDENTITY["train_settings"], "featurizer": "onehot"})
+    b = make_record(train_settings={**IDENTITY["train_settings"], "featurizer": "embedding:/x/unate.json"})
+    assert protocol_of(a) == protocol_of(b)
