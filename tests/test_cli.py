@@ -159,10 +159,11 @@ def test_early_name_check_stands_aside_for_plugins_and_stale_lists(tmp_path, mon
     """A plugin may register the name, and a list saved by other source files may lack a new built-in: in both
     cases nothing is refused early (the registries decide after loading)."""
     import bench.plugins as plugins
+    from bench.registry import RegistryError
 
     plugins.load_plugins([])
     plugins.save_builtin_names()
-    with pytest.raises(Exception, match="Did you mean 'cgcnn'"):
+    with pytest.raises(RegistryError, match="Did you mean 'cgcnn'"):
         plugins.check_early([("encoder", "cgcn")])
     plugins.check_early([("encoder", "my-encoder")], specs=["./my_plugin.py"])
     monkeypatch.setattr(plugins, "_source_fingerprint", lambda: "other sources")
