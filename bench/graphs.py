@@ -861,22 +861,22 @@ def load_graphs(structures: Sequence[Structure], spec: str | GraphSpec, key: str
     """Graphs of ``structures`` under ``spec``, from the on-disk cache when present, else built and cached.
 
     ``key`` names the dataset (e.g. ``TaskData.dataset_key``); the file name also holds the spec, a fingerprint
-    of the structures and ``GRAPH_CODE_VERSION``. With ``on_error="skip"`` structures that fail are left out;
+    of the structures and ``GRAPH_CODE_VERSION``, and a file whose content does not match (``cache_source``, a
+    checksum) is rebuilt with a warning. With ``on_error="skip"`` structures that fail are left out;
     the result's ``.kept`` gives the indices of the structures kept and ``.skipped`` (index, id, reason).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(suggest(str(on_error), ["raise", "skip"], "on_error value"))
     spec = get_spec(spec)
     path = cache_path(structures, spec, key) if cache else None
+    source = cache_source(structures, spec) if cache else ""
     if path is not None and path.exists():
         try:
-            out = read_graphs(path, source=cache_source(structures, spec))
-            if [g.id for g in out] != [str(getattr(structures[i], "id", "?")) for i in out.kept]:
-                raise GraphCacheMismatch("its graphs' ids differ from the structures' ids")
+            out = read_graphs(path, source=source)
         except GraphCacheMismatch as e:
             log.warning("graph cache %s does not hold the graphs of these %d structures (%s); rebuilding it",
                         path, len(structures), e)
-        except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as e:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
             log.warning("ignoring unreadable graph cache %s (%s); rebuilding", path, e)
         else:
             if out.skipped and on_error == "raise":
@@ -889,7 +889,7 @@ def load_graphs(structures: Sequence[Structure], spec: str | GraphSpec, key: str
             return out
     out = build_graphs(structures, spec, workers=workers, progress=progress, on_error=on_error)
     if path is not None:
-        save_graphs(path, out, out.kept, out.skipped, source=cache_source(structures, spec))
+        save_graphs(path, out, out.kept, out.skipped, source=source)
     return out
 
 
