@@ -57,6 +57,19 @@ class CoverageWarning(UserWarning):
     """Some elements of a task are not in the table: they train a fallback row each."""
 
 
+_formatwarning = warnings.formatwarning
+
+
+def _format_coverage(message, category, filename, lineno, line=None) -> str:
+    # one plain line for the user (the default adds our file, line and source line); other warnings unchanged
+    if isinstance(category, type) and issubclass(category, CoverageWarning):
+        return f"bench: {message}\n"
+    return _formatwarning(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _format_coverage
+
+
 class Featurizer(nn.Module):
     """Base: maps a LongTensor of atomic numbers (N,) to float features (N, dim)."""
 

@@ -209,6 +209,8 @@ def test_coverage_is_counted_over_the_task_elements_and_announced_once(tmp_path)
         "featurizer 'embedding:" + str(path) + "': 2 of the 5 elements of task 'my_task' are not in the table "
         "(Na, Cl); each gets a trainable fallback row"]
     assert seen[0].category is CoverageWarning
+    # shown as one plain line, not with this module's file, line number and source line
+    assert warnings.formatwarning(seen[0].message, CoverageWarning, "x.py", 1) == f"bench: {seen[0].message}\n"
     # full coverage: nothing to say; announce=False (run ids computed by the sweep driver): silent as well
     with warnings.catch_warnings():
         warnings.simplefilter("error")
