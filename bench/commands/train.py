@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("--task", required=True, help="registered task (see `bench list tasks`)")
     p.add_argument("--features", required=True,
                    help="atom featurizer spec: onehot, cgcnn, learned, random, crysatom-published, "
-                        "embedding:<table.json>, embedding-init:<table.json>")
+                        "published:<name> (e.g. published:mat2vec), embedding:<table.json>, "
+                        "embedding-init:<table.json>; see `bench list featurizers`")
     p.add_argument("--features-label", default=None, help="display name of the featurizer in records/leaderboard")
     p.add_argument("--fraction", type=float, default=1.0, help="fraction of the training split (0, 1]; default 1")
     p.add_argument("--seed", type=int, default=0)
