@@ -28,7 +28,7 @@ from typing import Any
 from bench.config import ConfigError, from_dict, to_dict
 from bench.plugins import load_plugins
 from bench import records
-from bench.records import EVALUATION_ONLY_SETTINGS, SCHEMA_VERSION, find_record, write_record
+from bench.records import SCHEMA_VERSION, find_record, identity_settings, write_record
 from bench.registry import suggest
 
 # Bump when the training loop or the record-building changes numbers for an otherwise identical config.
@@ -216,7 +216,7 @@ def identity(p: Prepared, dataset_key: str) -> dict[str, Any]:
         "seed": int(cfg.seed),
         # the reference featurizer named in the encoder yaml is a default, not a number-determining setting;
         # symmetry_reduce changes how the same function is evaluated (float rounding only), like the device
-        "train_settings": {k: v for k, v in to_dict(p.settings).items() if k not in _NOT_IDENTITY},
+        "train_settings": {k: v for k, v in identity_settings(to_dict(p.settings)).items() if k != "featurizer"},
         "limits": {"train": cfg.train_limit, "val": cfg.val_limit, "test": cfg.test_limit},
         "graph_spec": p.graph_spec,
         "graph_code_version": GRAPH_CODE_VERSION,
@@ -224,7 +224,6 @@ def identity(p: Prepared, dataset_key: str) -> dict[str, Any]:
     }
 
 
-_NOT_IDENTITY = ("featurizer", *EVALUATION_ONLY_SETTINGS)
 
 
 # ---- data -------------------------------------------------------------------------------------------------

@@ -60,6 +60,9 @@ class Suite:
     # a JARVIS test material); ids alone are the default (bench pretrain --match-structures)
     match_structures: bool = False
     batch_size: int | None = None  # None: the encoder's reference batch size
+    # KEY=VALUE overrides of the encoders' training settings for every run (as `bench train --train-option`);
+    # epochs and batch_size have their own keys
+    train_options: tuple[str, ...] = ()
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     name: str = ""  # filled from the file name
@@ -135,8 +138,24 @@ def check_suite(s: Suite) -> None:
         raise SweepError(f"suite {s.name or '?'}: featurizers is empty: give at least one, e.g. [onehot]")
     if len(set(s.featurizers)) != len(s.featurizers):
         raise SweepError(f"suite {s.name or '?'}: a featurizer is repeated: {','.join(s.featurizers)}")
+    suite_train_options(s)
     if len(set(s.fractions)) != len(s.fractions) or len(set(s.seeds)) != len(s.seeds):
         raise SweepError("fractions and seeds must not repeat")
+
+
+def suite_train_options(s: Suite) -> dict[str, str]:
+    """The suite's ``train_options`` as a dict, keys checked against the training settings (did-you-mean)."""
+    from bench.commands import key_values
+    from bench.settings import TrainSettings
+
+    opts = key_values(list(s.train_options), f"suite {s.name or '?'}: train_options entry")
+    known = [f.name for f in dataclasses.fields(TrainSettings)]
+    for k in opts:
+        if k in ("epochs", "batch_size"):
+            raise SweepError(f"suite {s.name or '?'}: set {k} with the suite's own {k!r} key, not in train_options")
+        if k not in known:
+            raise SweepError(f"suite {s.name or '?'}: train_options " + suggest(k, known, "train setting"))
+    return opts
 
 
 def parse_list(text: str | None, kind: type, option: str) -> tuple | None:
@@ -251,15 +270,18 @@ def featurizer_columns(tables: dict[str, Path], controls: bool, table_dim: int |
 
 
 def trial_configs(plan: SweepPlan, tables: dict[str, Path], table_dim: int | None = None) -> list[dict]:
-    """The run_one configs of the whole grid, in a stable order (task, encoder, featurizer, fraction, seed)."""
+    """The run_one configs of the whole grid, in a stable order (seed, task, encoder, fraction, featurizer):
+    seed first, so a sweep stopped part-way (a long one runs over several sessions) has left whole tables, every
+    featurizer beside one-hot, for its first seeds rather than every seed of a few featurizers."""
     s = plan.suite
     data_dir = plan.data_dir if plan.data_dir is not None else s.data_dir
+    columns = featurizer_columns(tables, plan.controls, table_dim, s.featurizers)
     configs = []
-    for task in s.tasks:
-        for enc in plan.encoders:
-            for col in featurizer_columns(tables, plan.controls, table_dim, s.featurizers):
+    for seed in s.seeds:
+        for task in s.tasks:
+            for enc in plan.encoders:
                 for frac in s.fractions:
-                    for seed in s.seeds:
+                    for col in columns:
                         cfg = {
                             "task": task,
                             "encoder": enc,
@@ -276,8 +298,11 @@ def trial_configs(plan: SweepPlan, tables: dict[str, Path], table_dim: int | Non
                             "store": str(plan.store),
                             "progress": False,
                         }
+                        options = suite_train_options(s)
                         if s.batch_size is not None:
-                            cfg["train_options"] = {"batch_size": s.batch_size}
+                            options["batch_size"] = s.batch_size
+                        if options:
+                            cfg["train_options"] = options
                         configs.append(cfg)
     return configs
 

@@ -64,3 +64,17 @@ def test_records_before_and_after_an_added_setting_share_a_protocol():
     assert protocol_of(new) == protocol_of(old)
     changed = {**old, "train_settings": {**new["train_settings"], "lr_milestones": [5]}}
     assert protocol_of(changed) != protocol_of(old)
+
+
+def test_the_grid_runs_seed_by_seed(tmp_path):
+    # a sweep stopped part-way must leave whole tables (every featurizer, both tasks) for its first seeds
+    from bench.sweep import SweepPlan, Suite, trial_configs
+
+    suite = Suite(tasks=("dft_3d_formation_energy_peratom", "dft_3d_mbj_bandgap"), fractions=(0.1, 1.0),
+                  seeds=(0, 1), featurizers=("onehot", "cgcnn"), name="t")
+    cfgs = trial_configs(SweepPlan(suite=suite, encoders=("cgcnn",), objectives=(), controls=False,
+                                   store=tmp_path), {})
+    first = cfgs[: len(cfgs) // 2]
+    assert {c["seed"] for c in first} == {0}
+    assert {(c["task"], c["fraction"], c["features"]) for c in first} == {
+        (t, f, x) for t in suite.tasks for f in suite.fractions for x in suite.featurizers}
