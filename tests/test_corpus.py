@@ -23,7 +23,7 @@ def _plain(ids, prefix):
 
 
 def test_sample_corpus_excludes_val_test_of_task():
-    c = load_corpus(("sample",), exclude_tasks=[EF])
+    c = load_corpus(("sample",), exclude_tasks=[EF], match_structures=False)
     d = load_task(EF, "sample")
     held = {d.ids[i] for k in ("val", "test") for i in d.splits[k]}
     assert len(held) == 500
@@ -33,6 +33,52 @@ def test_sample_corpus_excludes_val_test_of_task():
     assert c.info["excluded"] == 500 and c.info["size"] == len(c) == 2500 - 500 + 1000
     assert "val" in c.info["leakage_rule"] and c.info["exclude_tasks"] == [EF]
     assert len(set(c.ids)) == len(c.ids) == len(c.structures)
+    assert c.info["match_structures"] is False and "structure matching" not in c.info["leakage_rule"]
+
+
+def test_structure_matching_is_the_default():
+    """By default the corpus also loses the copies of val/test crystals under other ids (the MP entry of a
+    JARVIS test material): same reduced composition, same space group, volume per atom within 2 %."""
+    from bench.tasks.corpus import _Matcher
+
+    ids_only = load_corpus(("sample",), exclude_tasks=[EF], match_structures=False)
+    c = load_corpus(("sample",), exclude_tasks=[EF])
+    assert c.info["match_structures"] is True and "space group" in c.info["leakage_rule"]
+    ps = c.info["per_source"]
+    assert ps["megnet"]["excluded_by_structure"] > 0 and ps["dft_3d_2021"]["excluded_by_structure"] > 0
+    assert len(c) == len(ids_only) - ps["megnet"]["excluded_by_structure"] - ps["dft_3d_2021"]["excluded_by_structure"]
+    assert set(c.ids) < set(ids_only.ids)
+    # every structure dropped by matching has a val/test twin: same composition, space group, volume within 2 %
+    d = load_task(EF, "sample")
+    m = _Matcher(0.02)
+    for k in ("val", "test"):
+        for i in d.splits[k]:
+            m.add(d.structures[i])
+    dropped = [s for s, i in zip(ids_only.structures, ids_only.ids) if i not in set(c.ids)]
+    assert dropped and all(m.match(s) for s in dropped)
+
+
+def test_structure_match_needs_the_same_space_group():
+    """Rock-salt NaCl (Fm-3m) matches itself as a conventional supercell; CsCl-type NaCl (Pm-3m) at the same
+    volume per atom is a polymorph, not a copy."""
+    import numpy as np
+
+    from bench.structures import Structure
+    from bench.tasks.corpus import _Matcher
+
+    a = 5.64
+    rock = Structure(np.array([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]]),
+                     np.array([[0, 0, 0], [0.5, 0.5, 0.5]]), np.array([11, 17]), id="rock")
+    fcc = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
+    conventional = Structure(np.eye(3) * a, np.concatenate([fcc, fcc + [0.5, 0, 0]]) % 1.0,
+                             np.array([11] * 4 + [17] * 4), id="rock-conventional")
+    ac = (2 * rock.volume / rock.num_atoms) ** (1 / 3)
+    cscl = Structure(np.eye(3) * ac, np.array([[0, 0, 0], [0.5, 0.5, 0.5]]), np.array([11, 17]), id="cscl")
+    assert abs(cscl.volume / 2 - rock.volume / 2) < 1e-9
+    m = _Matcher(0.02)
+    m.add(rock)
+    assert m.space_group(rock) == "Fm-3m (225)" and m.space_group(cscl) == "Pm-3m (221)"
+    assert m.match(conventional) and not m.match(cscl)
 
 
 def test_default_excludes_all_nine_tasks():
@@ -60,7 +106,7 @@ def test_unknown_source_suggests():
 
 
 def test_shared_corpus_all_sources(shared_data):
-    c = load_corpus(data_dir=shared_data / "jarvis", exclude_tasks=[EF, "megnet_e_form"])
+    c = load_corpus(data_dir=shared_data / "jarvis", exclude_tasks=[EF, "megnet_e_form"], match_structures=False)
     assert c.info["sources_missing"] == []
     ps = c.info["per_source"]
     assert ps["perov5"]["kept"] == 18928 and ps["carbon24"]["kept"] == 10153
@@ -84,11 +130,14 @@ def test_missing_unlabeled_source_reported(shared_data, tmp_path, capsys):
 def test_cli_corpus(capsys):
     from bench.cli import main
 
-    assert main(["data", "corpus", "--sources", "sample", "--exclude-tasks", EF, "--json"]) == 0
     import json
 
+    assert main(["data", "corpus", "--sources", "sample", "--exclude-tasks", EF, "--json", "--ids-only"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["size"] == 3000 and info["key"].startswith("corpus-")
+    assert info["size"] == 3000 and info["key"].startswith("corpus-") and info["match_structures"] is False
+    assert main(["data", "corpus", "--sources", "sample", "--exclude-tasks", EF, "--json"]) == 0
+    matched = json.loads(capsys.readouterr().out)
+    assert matched["match_structures"] is True and matched["size"] < 3000
 
 
 def test_custom_task_excluded_by_structure(tmp_path):

@@ -46,8 +46,11 @@ def add_parser(sub) -> None:
     c.add_argument("--limit", type=int, default=None)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--match-structures", action="store_true",
-                   help="also leave out structures matching a val/test structure (composition + volume/atom) in "
-                        "any source, e.g. a JARVIS test crystal present in MP")
+                   help="also leave out structures matching a val/test structure (composition, space group, "
+                        "volume/atom) in "
+                        "any source, e.g. a JARVIS test crystal present in MP (the default)")
+    c.add_argument("--ids-only", action="store_true",
+                   help="leave out val/test structures by id only (no structure matching)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=run_corpus)
 
@@ -155,7 +158,7 @@ def run_corpus(args) -> int:
     else:
         excl = [t.strip() for t in args.exclude_tasks.split(",") if t.strip()]
     c = load_corpus(sources, exclude_tasks=excl, data_dir=args.data_dir, limit=args.limit, seed=args.seed,
-                    match_structures=args.match_structures)
+                    match_structures=not args.ids_only)
     info = dict(c.info, key=c.key)
     if args.json:
         print(json.dumps(info, indent=2))
