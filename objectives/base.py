@@ -11,6 +11,22 @@ default, checked strictly), ``default_encoder``, optionally ``default_encoder_op
 (``encoder.embedding_dim``); build heads there. ``self.rng`` is a ``numpy.random.Generator`` the pretraining
 loop reseeds every epoch (from the run seed and the epoch), so corruptions are reproducible and a resumed run
 draws the same ones; use it for every random choice.
+
+How the table is made is declared per objective, each defaulting to what its reference did (``bench/pretrain.py``
+implements them; ``bench pretrain --selection/--extraction`` override):
+
+- ``default_selection``: which epoch's model the table comes from: ``"validation"`` (lowest loss on a fixed,
+  seeded 10 % of the corpus held out, with corruptions drawn once), ``"train-loss"`` (lowest mean training loss of
+  an epoch) or ``"last"`` (the last epoch; the base default, crysbench's protocol);
+- ``default_extraction``: ``"mean"`` (mean of the raw final node embeddings per element over the training
+  corpus, then L2), ``"last-batch"`` (per element, L2 of its mean over the last training batch of the selected
+  epoch that contains it, from that batch's training-mode forward pass; needs ``loss`` to set
+  ``self.extraction_nodes``) or ``"uniform"`` (per-atom L2-normalised embeddings averaged, then L2; the base
+  default);
+- ``reference_epochs``: the pretraining budget when none is given.
+
+``loss`` may set ``self.extraction_nodes`` to the (detached) node embeddings of the *clean* batch it encoded;
+the loop reads it for ``"last-batch"`` extraction and clears it before every call.
 """
 
 from __future__ import annotations
@@ -31,6 +47,9 @@ class Objective(nn.Module):
     default_encoder: ClassVar[str]
     default_encoder_options: ClassVar[dict[str, Any]] = {}
     default_featurizer: ClassVar[str] = "learned"
+    default_selection: ClassVar[str] = "last"
+    default_extraction: ClassVar[str] = "uniform"
+    reference_epochs: ClassVar[int] = 10
 
     def __init__(self, config: Any, dim: int) -> None:
         super().__init__()
@@ -39,6 +58,7 @@ class Objective(nn.Module):
         self.config = config
         self.dim = int(dim)
         self.rng = np.random.default_rng(0)
+        self.extraction_nodes: torch.Tensor | None = None
 
     def loss(self, encoder: nn.Module, batch: Any) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement loss(encoder, batch)")
@@ -50,6 +70,9 @@ class Objective(nn.Module):
             "default_encoder": getattr(cls, "default_encoder", None),
             "default_encoder_options": dict(getattr(cls, "default_encoder_options", {}) or {}),
             "default_featurizer": getattr(cls, "default_featurizer", "learned"),
+            "default_selection": getattr(cls, "default_selection", "last"),
+            "default_extraction": getattr(cls, "default_extraction", "uniform"),
+            "reference_epochs": getattr(cls, "reference_epochs", 10),
             "options": to_dict(cfg) if cfg is not None else {},
         }
 

@@ -76,6 +76,16 @@ def with_atomic_numbers(batch, atom_mask: torch.Tensor, token: int = 0):
     return _replace(batch, g=g)
 
 
+def with_permuted_atoms(batch, rng: np.random.Generator):
+    """A view of ``batch`` whose atomic numbers are a random permutation of the batch's (the graph and geometry
+    unchanged): the corruption of Deep Graph Infomax (Velickovic et al., ICLR 2019), row-shuffled node inputs."""
+    g = batch.g.local_var()
+    z = g.ndata["Z"]
+    perm = torch.from_numpy(rng.permutation(z.shape[0])).to(z.device)
+    g.ndata["Z"] = z[perm]
+    return _replace(batch, g=g)
+
+
 def choose_edges(batch, rate: float, rng: np.random.Generator, *, per_node: bool = False) -> np.ndarray:
     """Edge ids to drop. ``per_node=False``: round(rate * E) edges of the batch uniformly;
     ``per_node=True``: round(rate * deg) of each atom's incoming (neighbour) edges."""

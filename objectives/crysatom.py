@@ -1,5 +1,5 @@
 """CrysAtom: distributed representations of atoms from self-supervised pretraining of a CGCNN backbone
-(Mukherjee, Ghosh, Basuchowdhuri, LoG 2024 / PMLR 269; reference code shrimonmuke0202/CrysAtom).
+(Mukherjee, Ghosh, Basuchowdhuri, LoG 2024 / PMLR 269; reference code shrimonmuke0202/CrysAtom, read at e97e77a).
 
 Per batch:
 
@@ -10,13 +10,28 @@ Per batch:
 - Barlow Twins between two views. Each view zeroes the featurized input of ``mask_rate`` of each crystal's
   atoms (at least one) through the encoder's ``atom_mask``, and drops ``drop_rate`` of each atom's incoming
   neighbour edges. Graph embedding: mean-pool -> softplus -> Linear(F -> 128) -> softplus -> projector
-  Linear(128, 128), Softplus, Linear(128, 128); BatchNorm without affine per view; C = z1^T z2 / B with the
-  *real* batch size B (the reference divides by a hard-coded 128, wrong for the last batch); lambda 0.0051.
+  Linear(128, 128), Softplus, Linear(128, 128) (CrysAtom/model.py:75-79); both views' outputs L2-normalised
+  (``normalize_projections``, as CrysAtom/AtomVectorExtractor.py:192-194 does before the loss); BatchNorm
+  without affine per view; C = z1^T z2 / B with the *real* batch size B (the reference divides by a hard-coded
+  128, CrysAtom/BarlowTwins.py:27 with AtomVectorExtractor.py:60, wrong for the last batch); lambda 0.0051.
 
-Total 0.25 L_adj + 0.25 L_feat + 0.5 L_BT. Reference backbone: CGCNN with 5 conv layers of width F = 200 on the
-92 CGCNN bits through a bias-free Linear(92 -> F). Here ``default_featurizer = "cgcnn"`` supplies the 92 bits
-(frozen) and the bias-free Linear is the CGCNN encoder's own input layer (``default_encoder_options``:
-``layers=5, input_bias=False``); on another encoder the bits go through that encoder's own input layer.
+Total 0.25 L_adj + 0.25 L_feat + 0.5 L_BT (AtomVectorExtractor.py:217). Reference backbone: CGCNN with 5 conv
+layers of width F = 200 on the 92 CGCNN bits through a bias-free Linear(92 -> F) (model.py:48-50,
+AtomVectorExtractor.py:53). Here ``default_featurizer = "cgcnn"`` supplies the 92 bits (frozen) and the bias-free
+Linear is the CGCNN encoder's own input layer (``default_encoder_options``: ``layers=5, input_bias=False``); on
+another encoder the bits go through that encoder's own input layer.
+
+How the table is made, as the reference does it (bench/pretrain.py implements both; both can be overridden):
+
+- selection ``train-loss``: the epoch with the lowest mean training loss (the mean over the epoch's batches) is
+  kept (AtomVectorExtractor.py:94-104); there is no validation split;
+- extraction ``last-batch``: per element, the L2-normalised mean of the *raw* final node embeddings of its atoms
+  in the last batch of that epoch that contains it, taken from the clean-graph forward pass of the training step
+  (training-mode BatchNorm, weights before that step's update): ``embedding_create`` (AtomVectorExtractor.py:
+  110-128) runs on every batch (line 196) on the unnormalised conv output (model.py:122 returns it as the 5th
+  value) and each batch overwrites the elements it contains (lines 212-213).
+
+Budget: 110 epochs (AtomVectorExtractor.py:21), batch 128, Adam lr 0.03.
 """
 
 from __future__ import annotations
@@ -54,7 +69,7 @@ def _cgcnn_defaults() -> dict:
     return opts
 
 
-@register_objective("crysatom", version="1")
+@register_objective("crysatom", version="2")
 class CrysAtom(Objective):
     """CrysAtom (Mukherjee et al. 2024): adjacency + CGCNN-bit reconstruction + Barlow Twins between views."""
 
@@ -67,6 +82,8 @@ class CrysAtom(Objective):
         mask_rate: float = 0.1
         drop_rate: float = 0.1
         proj_dim: int = 128
+        # L2-normalise both views' projector outputs before Barlow Twins (the reference does)
+        normalize_projections: bool = True
         dim: int = 200  # F, the conv width (the released vectors are 200-d)
 
         def __post_init__(self) -> None:
@@ -81,6 +98,9 @@ class CrysAtom(Objective):
     default_encoder = "cgcnn"
     default_encoder_options = _cgcnn_defaults()
     default_featurizer = "cgcnn"
+    default_selection = "train-loss"
+    default_extraction = "last-batch"
+    reference_epochs = 110
 
     def __init__(self, config: "CrysAtom.Config", dim: int) -> None:
         super().__init__(config, dim)
@@ -100,6 +120,7 @@ class CrysAtom(Objective):
         n = g.batch_num_nodes()
         src, dst = g.edges()
         h = encoder(batch).node
+        self.extraction_nodes = h.detach()  # the clean pass the reference extracts its vectors from
         zn = F.normalize(h, dim=-1)
         adj = adjacency_loss(self.adj_head, zn, src, dst, n, ADJ_WEIGHTS)
         feat = F.binary_cross_entropy_with_logits(self.feat_head(zn), self.bits[g.ndata["Z"]])
@@ -107,7 +128,8 @@ class CrysAtom(Objective):
         for _ in range(2):
             mask = mask_atoms(batch, c.mask_rate, self.rng, per_graph=True, at_least_one=True)
             view = drop_edges(batch, c.drop_rate, self.rng, per_node=True)
-            views.append(self._graph_embedding(encoder(view, mask).node, n))
+            z = self._graph_embedding(encoder(view, mask).node, n)
+            views.append(F.normalize(z, dim=1) if c.normalize_projections else z)
         bt = barlow_twins(views[0], views[1], c.barlow_lambda)
         total = c.w_adj * adj + c.w_feat * feat + c.w_bt * bt
         return {"total": total, "adjacency": adj, "features": feat, "barlow_twins": bt}

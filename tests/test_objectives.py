@@ -264,6 +264,10 @@ def test_pretrain_metadata_and_same_seed_same_table(tmp_path, one_thread):
     assert (tmp_path / "a.json.ckpt.pt").is_file()
     state = torch.load(tmp_path / "a.json.ckpt.pt", weights_only=True)
     assert state["epoch"] == 2
+    # which epoch the table came from, and by which rules (CrysAtom's own by default)
+    assert m["selection"]["rule"] == "train-loss" and m["extraction_rule"] == "last-batch"
+    assert m["selected_epoch"] == m["selection"]["epoch"] in (1, 2)
+    assert len(m["selection"]["train_loss_per_epoch"]) == 2
 
 
 @pytest.mark.parametrize("checkpoint_seconds,ckpt_at", [(300.0, (1, 0)), (0.0, (1, 1))])
@@ -295,9 +299,10 @@ def test_resume_after_interruption_gives_the_same_table(tmp_path, monkeypatch, c
     assert (state["epoch"], state["step"]) == ckpt_at
     calls.update(n=0, fail_at=-1)
     resumed = load_table(pretrain(cfg, out=tmp_path / "run.json", progress=False))
-    # it resumed rather than restarted: 9 training steps minus those done, plus one extraction batch
-    assert calls["n"] == 9 - 3 * ckpt_at[0] - ckpt_at[1] + 1
-    assert resumed.hash == ref.hash
+    # it resumed rather than restarted: 9 training steps minus those done (CrysAtom's last-batch extraction reads
+    # the table off the training steps, so there is no extraction pass; mid-epoch, the partial table is restored)
+    assert calls["n"] == 9 - 3 * ckpt_at[0] - ckpt_at[1]
+    assert resumed.hash == ref.hash and resumed.meta["selected_epoch"] == ref.meta["selected_epoch"]
 
 
 def test_ensure_table_caches_by_configuration(monkeypatch):
@@ -338,15 +343,16 @@ def test_table_cache_key_follows_the_corpus_content(monkeypatch):
         bp._load_corpus.cache_clear()
 
 
-def test_match_structures_excludes_more_and_is_another_table():
+def test_structure_matching_is_the_default_and_ids_only_another_table():
     import bench.pretrain as bp
 
     cfg = {**SMALL, "corpus": ["sample"], "epochs": 1, "corpus_limit": None}
-    plain, matched = bp.resolve(cfg), bp.resolve({**cfg, "match_structures": True})
-    assert "match_structures" not in plain.identity  # existing cache keys unchanged
-    n_plain, n_matched = len(bp.corpus_of(plain)), len(bp.corpus_of(matched))
-    assert n_matched < n_plain
-    assert bp.table_path({**cfg, "match_structures": True}) != bp.table_path(cfg)
+    matched, ids_only = bp.resolve(cfg), bp.resolve({**cfg, "match_structures": False})
+    assert matched.identity["match_structures"] is True
+    assert "match_structures" not in ids_only.identity  # ids-only keeps the key layout it always had
+    n_ids, n_matched = len(bp.corpus_of(ids_only)), len(bp.corpus_of(matched))
+    assert n_matched < n_ids
+    assert bp.table_path({**cfg, "match_structures": False}) != bp.table_path(cfg)
 
 
 def test_pretrain_config_is_strict():
@@ -358,6 +364,12 @@ def test_pretrain_config_is_strict():
         PretrainConfig(objective="unate", batch_size=1)
     with pytest.raises(ConfigError, match="Did you mean 'layers'"):
         resolve({"objective": "crysatom", "encoder_options": {"layer": 3}})
+    with pytest.raises(ConfigError, match="Did you mean 'train-loss'"):
+        PretrainConfig(objective="crysatom", selection="train_loss")
+    with pytest.raises(ConfigError, match="Did you mean 'last-batch'"):
+        PretrainConfig(objective="crysatom", extraction="lastbatch")
+    with pytest.raises(ConfigError, match="val_fraction"):
+        PretrainConfig(objective="unate", val_fraction=1.0)
     r = resolve({"objective": "crysatom", "dim": 64})
     assert r.encoder == "cgcnn" and r.encoder_options["hidden"] == 64 and r.encoder_options["layers"] == 5
     assert dataclasses.asdict(r.objective_config)["dim"] == 64
@@ -481,7 +493,8 @@ def test_unate_loss_matches_the_spec_recomputed(sample_structures):
     assert abs(float(want) - float(parts["total"])) < 1e-6
 
 
-def test_crysatom_loss_matches_the_spec_recomputed(sample_structures):
+@pytest.mark.parametrize("normalize", [True, False])
+def test_crysatom_loss_matches_the_spec_recomputed(sample_structures, normalize):
     from bench.encoders.base import build_encoder
     from bench.featurizers import build_featurizer
     from bench.objectives import build_objective
@@ -491,7 +504,8 @@ def test_crysatom_loss_matches_the_spec_recomputed(sample_structures):
     torch.manual_seed(0)
     feat = build_featurizer("cgcnn")
     enc = build_encoder("cgcnn", feat, {"hidden": 16, "layers": 2, "input_bias": False})
-    obj = build_objective("crysatom", {"dim": 16}, enc.embedding_dim)
+    opts = {"dim": 16} if normalize else {"dim": 16, "normalize_projections": False}  # the default normalises
+    obj = build_objective("crysatom", opts, enc.embedding_dim)
     calls = _spy(enc)
     parts = obj.loss(enc, b)
     sizes = b.g.batch_num_nodes().tolist()
@@ -510,11 +524,15 @@ def test_crysatom_loss_matches_the_spec_recomputed(sample_structures):
         assert [int(m.sum()) for m in torch.split(mask, sizes)] == [max(1, round(0.1 * n)) for n in sizes]
         lost = deg - torch.bincount(v.g.edges()[1], minlength=b.g.num_nodes())
         assert torch.equal(lost, torch.from_numpy(np.rint(0.1 * deg.numpy()).astype(np.int64)))
-    # Barlow Twins: mean-pool -> softplus -> Linear(F, 128) -> softplus -> projector; BN without affine;
+    # Barlow Twins: mean-pool -> softplus -> Linear(F, 128) -> softplus -> projector; each view's outputs
+    # L2-normalised as the reference does (AtomVectorExtractor.py:192-194); BN without affine;
     # C = z1^T z2 / B (the real batch size); lambda 0.0051
     sp = torch.nn.functional.softplus
     z1, z2 = (obj.projector(sp(obj.graph_fc(sp(torch.stack([x.mean(0) for x in torch.split(hv, sizes)])))))
               for _, _, hv in views)
+    if normalize:
+        z1, z2 = z1 / z1.norm(dim=1, keepdim=True), z2 / z2.norm(dim=1, keepdim=True)
+    assert torch.equal(obj.extraction_nodes, h.detach())  # the clean pass, for last-batch extraction
     bn = torch.nn.BatchNorm1d(128, affine=False)
     c = bn(z1).t() @ bn(z2) / len(sizes)
     d = torch.diagonal(c)
@@ -524,7 +542,7 @@ def test_crysatom_loss_matches_the_spec_recomputed(sample_structures):
     assert abs(float(want) - float(parts["total"])) < 1e-5
 
 
-def test_extraction_matches_per_crystal_recomputation(sample_structures):
+def test_uniform_extraction_matches_per_crystal_recomputation(sample_structures):
     from bench.encoders.base import build_encoder
     from bench.featurizers import build_featurizer
     from bench.pretrain import extract_table
@@ -548,3 +566,195 @@ def test_extraction_matches_per_crystal_recomputation(sample_structures):
         mean = torch.stack(rows).mean(0)
         assert counts[ELEMENTS[zz]] == len(rows)
         assert np.allclose(vectors[ELEMENTS[zz]], (mean / mean.norm()).numpy(), atol=1e-6)
+
+
+# ---- each reference's epoch selection and extraction, reproduced on a tiny corpus ---------------------------
+def test_reference_budgets_and_rules_are_the_objectives_defaults():
+    from bench.pretrain import PretrainError, resolve
+
+    u, c = resolve({"objective": "unate"}), resolve({"objective": "crysatom"})
+    assert (u.epochs, u.selection, u.extraction, u.dim) == (120, "validation", "mean", 128)
+    assert (c.epochs, c.selection, c.extraction, c.dim) == (110, "train-loss", "last-batch", 200)
+    assert u.identity["val_fraction"] == 0.1 and "val_fraction" not in c.identity
+    assert resolve({"objective": "unate", "epochs": 7, "selection": "last"}).identity["epochs"] == 7
+    # crysbench's uniform protocol stays available, and is another table
+    assert resolve({"objective": "unate", "extraction": "uniform"}).hash != u.hash
+    r = resolve({"objective": "unate", "extraction": "last-batch", "epochs": 1, "batch_size": 8, "corpus": ["sample"],
+                 "corpus_limit": 20, "dim": 8, "encoder": "cgcnn", "encoder_options": {"layers": 1},
+                 "exclude_tasks": [], "device": "cpu", "selection": "last"})
+    from bench.pretrain import pretrain
+
+    with pytest.raises(PretrainError, match="extraction_nodes"):  # UNATE encodes no clean batch
+        pretrain(r.config, out=None, progress=False)
+
+
+UNATE_TINY = dict(objective="unate", encoder="cgcnn", dim=8, batch_size=8, lr=0.1, corpus=("sample",),
+                  corpus_limit=40, encoder_options={"layers": 1}, device="cpu", exclude_tasks=())
+
+
+def test_unate_keeps_the_lowest_validation_loss_epoch_and_averages_raw_embeddings(tmp_path, one_thread):
+    """UNATE's rules: a seeded 10 % held out, the epoch with the lowest validation loss kept
+    (train_contrastive.py:142, 158-172), the table the mean of raw node embeddings over the training split, then
+    L2 (extreure_embeddings.py:133-154). At lr 0.1 on 40 structures the validation loss is lowest at epoch 3 of 5."""
+    from bench.embeddings import load_table
+    from bench.pretrain import PretrainConfig, pretrain
+
+    five = load_table(pretrain(PretrainConfig(**UNATE_TINY, epochs=5), out=tmp_path / "five.json", progress=False))
+    sel = five.meta["selection"]
+    val = sel["val_loss_per_epoch"]
+    assert sel["rule"] == "validation" and (sel["val_size"], sel["train_size"]) == (4, 36) and len(val) == 5
+    assert five.meta["selected_epoch"] == int(np.argmin(val)) + 1 == 3  # not the last epoch
+    assert sel["score"] == min(val)
+    # the table is that epoch's model: a 3-epoch run (same seeds, so the same first three epochs) ends there
+    three = load_table(pretrain(PretrainConfig(**UNATE_TINY, epochs=3), out=tmp_path / "three.json", progress=False))
+    assert three.meta["selection"]["val_loss_per_epoch"] == val[:3] and three.meta["selected_epoch"] == 3
+    assert three.hash == five.hash
+    last = load_table(pretrain(PretrainConfig(**UNATE_TINY, epochs=5, selection="last"), out=tmp_path / "l.json",
+                               progress=False))
+    assert last.hash != five.hash
+    # extraction over the training split only (36 structures); without a held-out part, over all 40
+    assert sum(five.meta["atoms_per_element"].values()) < sum(last.meta["atoms_per_element"].values())
+
+
+def test_validation_views_are_drawn_once(tmp_path, one_thread):
+    """The validation batches are corrupted once and scored on the same views every epoch (UNATE pre-augments
+    them, train_contrastive.py:42-57, 121): with frozen weights (lr ~ 0; MEGNet has no BatchNorm statistics to
+    drift) every epoch's validation loss is the same number, although the training corruptions change."""
+    from bench.embeddings import load_table
+    from bench.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(objective="unate", encoder="megnet", batch_size=8, lr=1e-30, epochs=3, corpus=("sample",),
+                         corpus_limit=40, device="cpu", exclude_tasks=())
+    meta = load_table(pretrain(cfg, out=tmp_path / "t.json", progress=False)).meta
+    val, train = meta["selection"]["val_loss_per_epoch"], meta["selection"]["train_loss_per_epoch"]
+    assert val[0] == val[1] == val[2]
+    assert len(set(train)) == 3
+    assert meta["selected_epoch"] == 1  # ties keep the first epoch, as the reference's argmin does
+
+
+def _mean_table(nodes, z):
+    """{Z: L2(mean of raw rows)} of one batch, computed row by row."""
+    out = {}
+    for zz in sorted(set(z.tolist())):
+        rows = [nodes[k].double() for k in range(len(z)) if int(z[k]) == zz]
+        m = torch.stack(rows).mean(0)
+        out[zz] = m / m.norm()
+    return out
+
+
+def test_crysatom_keeps_the_lowest_training_loss_epoch_and_each_elements_last_batch(tmp_path, monkeypatch,
+                                                                                     one_thread):
+    """CrysAtom's rules: the epoch with the lowest mean training loss over its batches (AtomVectorExtractor.py:
+    94-104, the mean of per-batch losses, line 238) and, per element, the L2-normalised mean of its atoms' raw
+    node embeddings from the last batch of that epoch that contains it, from the training-mode clean pass
+    (lines 110-128, 186, 196, 212-213). At lr 1.0 the training loss is lowest before the last of 5 epochs; 42
+    structures in batches of 8 leave a last batch of 2, so a per-structure mean would differ."""
+    from bench.embeddings import load_table
+    from bench.objectives.crysatom import CrysAtom
+    from bench.pretrain import PretrainConfig, pretrain
+    from bench.structures import ELEMENTS
+
+    seen = []
+    real = CrysAtom.loss
+
+    def spy(self, encoder, batch):
+        parts = real(self, encoder, batch)
+        seen.append((encoder.training, self.extraction_nodes.clone(), batch.g.ndata["Z"].clone(),
+                     float(parts["total"])))
+        return parts
+
+    monkeypatch.setattr(CrysAtom, "loss", spy)
+    cfg = PretrainConfig(objective="crysatom", encoder="cgcnn", dim=8, epochs=5, batch_size=8, lr=1.0,
+                         corpus=("sample",), corpus_limit=42, encoder_options={"layers": 1},
+                         objective_options={"w_bt": 0.0}, device="cpu", exclude_tasks=())
+    t = load_table(pretrain(cfg, out=tmp_path / "t.json", progress=False))
+    steps = 6  # 5 batches of 8 and one of 2
+    assert len(seen) == 5 * steps and all(training for training, *_ in seen)
+    per_epoch = [np.mean([loss for *_, loss in seen[e * steps:(e + 1) * steps]]) for e in range(5)]
+    assert np.allclose(t.meta["selection"]["train_loss_per_epoch"], per_epoch, rtol=1e-6)
+    best = int(np.argmin(per_epoch))
+    assert t.meta["selected_epoch"] == best + 1 < 5  # not the last epoch
+    want: dict[int, torch.Tensor] = {}
+    for _, nodes, z, _ in seen[best * steps:(best + 1) * steps]:  # later batches overwrite earlier ones
+        want.update(_mean_table(nodes, z))
+    assert set(t.vectors) == {ELEMENTS[zz] for zz in want}
+    for zz, v in want.items():
+        assert np.allclose(t.vectors[ELEMENTS[zz]], v.numpy(), atol=1e-6), ELEMENTS[zz]
+    # the first batch containing an element would give other vectors (the rule is not vacuous here)
+    first: dict[int, torch.Tensor] = {}
+    for _, nodes, z, _ in reversed(seen[best * steps:(best + 1) * steps]):
+        first.update(_mean_table(nodes, z))
+    assert any(not np.allclose(first[zz].numpy(), want[zz].numpy(), atol=1e-3) for zz in want)
+
+
+def test_mean_extraction_matches_hand_computation(sample_structures):
+    """``mean`` (UNATE): raw embeddings averaged per element, then L2; no per-atom normalisation."""
+    from bench.encoders.base import build_encoder
+    from bench.featurizers import build_featurizer
+    from bench.pretrain import extract_table
+    from bench.structures import ELEMENTS
+
+    structs, key = sample_structures
+    gs = load_graphs(structs[:20], "cgcnn", key=key, progress=False)
+    torch.manual_seed(0)
+    enc = build_encoder("cgcnn", build_featurizer("cgcnn"), {"hidden": 16, "layers": 2})
+    enc(collate([(g, None) for g in gs]))  # non-trivial BatchNorm running statistics
+    vectors, counts = extract_table(enc, gs, batch_size=7, per_atom_l2=False)
+    uniform, _ = extract_table(enc, gs, batch_size=7)
+    enc.eval()
+    rows: dict[int, list] = {}
+    with torch.no_grad():
+        for g in gs:
+            one = collate([(g, None)])
+            for zz, row in zip(one.g.ndata["Z"].tolist(), enc(one).node.double()):
+                rows.setdefault(zz, []).append(row)
+    for zz, rs in rows.items():
+        mean = torch.stack(rs).mean(0)
+        assert counts[ELEMENTS[zz]] == len(rs)
+        assert np.allclose(vectors[ELEMENTS[zz]], (mean / mean.norm()).numpy(), atol=1e-6)
+    assert any(not np.allclose(vectors[s], uniform[s], atol=1e-4) for s in vectors)  # the two rules differ
+
+
+# ---- the UNATE ablation axis ---------------------------------------------------------------------------------
+def test_unate_ablations_are_registered_and_compute_their_branches(sample_structures):
+    from bench.encoders.base import build_encoder
+    from bench.featurizers import build_featurizer
+    from bench.objectives import build_objective
+    from bench.objectives.losses import barlow_twins
+    from bench.registry import OBJECTIVES
+
+    assert {"unate-ae", "unate-contrastive", "unate-barlow", "unate-dgi"} <= set(OBJECTIVES)
+    structs, key = sample_structures
+    b = collate([(g, None) for g in load_graphs(structs[:6], "cartnet", key=key, progress=False)])
+    n_atoms, sizes = b.g.num_nodes(), b.g.batch_num_nodes().tolist()
+    pool = lambda h: torch.stack([x.mean(0) for x in torch.split(h, sizes)])  # noqa: E731
+    for name, n_calls in (("unate-ae", 1), ("unate-contrastive", 1), ("unate-barlow", 3), ("unate-dgi", 3)):
+        torch.manual_seed(0)
+        enc = build_encoder("cartnet", build_featurizer("learned-mask", dim=16), {"dim": 16, "layers": 1})
+        obj = build_objective(name, {"dim": 16}, enc.embedding_dim)
+        assert OBJECTIVES.get(name).default_selection == "validation"
+        calls = _spy(enc)
+        parts = obj.loss(enc, b)
+        assert len(calls) == n_calls, name
+        c = obj.config
+        assert abs(float(parts["total"]) - float(c.w_node * parts["node"] + c.w_adj * parts["adjacency"]
+                                                 + c.w_ssl * parts["ssl"])) < 1e-5
+        if name == "unate-ae":
+            assert float(parts["ssl"]) == 0 and not hasattr(obj, "projector") and float(parts["node"]) > 0
+        elif name == "unate-contrastive":
+            assert float(parts["node"]) == float(parts["adjacency"]) == 0 and calls[0][0].num_graphs == 2 * len(sizes)
+        elif name == "unate-barlow":  # two passes, L2-normalised projections (train/train.py:278-285)
+            (_, _, h1), (_, _, h2) = calls[1], calls[2]
+            p1, p2 = (torch.nn.functional.normalize(obj.projector(pool(h)), dim=1) for h in (h1, h2))
+            assert abs(float(barlow_twins(p1, p2, 0.0051)) - float(parts["ssl"])) < 1e-4
+        else:  # DGI: clean graph vs the same graph with its atoms' identities shuffled
+            (clean, _, h), (neg, _, h_neg) = calls[1], calls[2]
+            assert clean is b and torch.equal(torch.sort(neg.g.ndata["Z"]).values, torch.sort(b.g.ndata["Z"]).values)
+            assert not torch.equal(neg.g.ndata["Z"], b.g.ndata["Z"]) and neg.g.num_edges() == b.g.num_edges()
+            s = torch.sigmoid(pool(h))
+            seg = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+            W, bias = obj.discriminator.weight[0], obj.discriminator.bias[0]
+            pos = ((h @ W) * s[seg]).sum(1) + bias
+            negs = ((h_neg @ W) * s[seg]).sum(1) + bias
+            want = -(torch.nn.functional.logsigmoid(pos).sum() + torch.nn.functional.logsigmoid(-negs).sum())
+            assert abs(float(want) / (2 * n_atoms) - float(parts["ssl"])) < 1e-5

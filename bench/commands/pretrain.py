@@ -21,7 +21,8 @@ def add_parser(sub) -> None:
     p.add_argument("--encoder", help="backbone (default: the objective's default encoder)")
     p.add_argument("--featurizer", help="atom input during pretraining (default: the objective's)")
     p.add_argument("--dim", type=int, help="node-embedding width = table width (default: the objective's)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="pretraining epochs (default: the objective's reference budget: unate 120, crysatom 110)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.03, help="Adam learning rate (references: 0.03)")
     p.add_argument("--corpus", default="dft_3d_2021,megnet,perov5,carbon24",
@@ -32,7 +33,17 @@ def add_parser(sub) -> None:
                         "'none' keeps everything)")
     p.add_argument("--match-structures", action="store_true",
                    help="also leave out structures matching an excluded val/test structure in another source "
-                        "(same reduced composition, volume per atom within 2%%)")
+                        "(same reduced composition and space group, volume per atom within 2%%); the default")
+    p.add_argument("--ids-only", action="store_true",
+                   help="leave out excluded val/test structures by id only (no structure matching)")
+    p.add_argument("--selection", choices=("validation", "train-loss", "last"),
+                   help="which epoch's model gives the table (default: the objective's: unate validation, "
+                        "crysatom train-loss)")
+    p.add_argument("--extraction", choices=("mean", "last-batch", "uniform"),
+                   help="how the table is read off the model (default: the objective's: unate mean, crysatom "
+                        "last-batch)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="held-out part of the corpus for --selection validation")
     p.add_argument("--data-dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -63,7 +74,10 @@ def run(args) -> int:
         "corpus": _csv(args.corpus),
         "corpus_limit": args.corpus_limit,
         "exclude_tasks": exclude,
-        "match_structures": args.match_structures,
+        "match_structures": not args.ids_only,
+        "selection": args.selection,
+        "extraction": args.extraction,
+        "val_fraction": args.val_fraction,
         "data_dir": args.data_dir,
         "seed": args.seed,
         "device": args.device,
