@@ -1,27 +1,44 @@
 """CartNet (Solé, Mosella-Montoro & Ruiz-Hidalgo, "Cartesian Encoding Graph Neural Network for Crystal
 Structures Property Prediction: Application to Thermal Ellipsoid Estimation", Digital Discovery (2025);
-reference code imatge-upc/CartNet, PyG), reimplemented in DGL.
+reference code imatge-upc/CartNet, PyG, read at 4d9b4e2), reimplemented in DGL.
 
 Forms used (edge j -> i, DGL src = j, dst = i; r_ij from j's image to i, d_ij = |r_ij|, u_ij = r_ij / d_ij):
 
 - Radial basis (ExpNormal, K = 64): phi_k(d) = f_c(d) exp(-beta (exp(-alpha d) - mu_k)^2), alpha = 5 / r_c,
   mu = linspace(exp(-r_c), 1, K), beta = (2 (1 - exp(-r_c)) / K)^-2, cosine envelope
   f_c(d) = 0.5 (cos(pi d / r_c) + 1) for d < r_c else 0; r_c = 5 Å.
-- Atom encoder: h0 = SiLU(W_a SiLU(x + b)), x the featurizer output (reference: a learned 119 x 2d table), b a
-  learned bias of width F, W_a: F -> d.
+- Atom input (``injection``), x the featurizer output of width F:
+  ``encoder`` (default): h0 = SiLU(W_a SiLU(x + b)), b a learned bias of width F, W_a: F -> d: the reference's
+  atom encoder (models/cartnet.py:112-126, 155-166; reference F = 2d, a learned 119 x 2d table);
+  ``linear``: h0 = W x + c, one Linear(F, d); ``direct``: h0 = x (needs F = d). These are the three ways UNATE
+  (Sole et al., arXiv 2605.25866, 2026) injects pretrained vectors; in its downstream code
+  (LauraSola/Unsupervised-Atom-Embedding-Gen, CartNet_supervised-main): (1) the element table initialised from
+  the vectors and fine-tuned through the atom encoder (main.py:122-134, 266-269; models/cartnet.py:114-134 with
+  table width = d): ``embedding-init:<table>`` with ``injection=encoder``, exact when the table width equals
+  ``dim``; (2) the frozen vectors through one Linear (``--encoder Linear``, models/cartnet.py:147, 152-153;
+  dataset/figshare_dataset.py:82-86 puts the vectors in as data): ``embedding:<table>`` with
+  ``injection=linear``; (3) the frozen vectors as the first node state (``--encoder "No encoder"``,
+  models/cartnet.py:151): ``embedding:<table>`` with ``injection=direct``. A frozen table through the default
+  atom encoder (a bias and two SiLUs around the Linear) is crysbench's form, not one of UNATE's.
+- Element table: a ``learned`` (or ``learned-mask``) featurizer is initialised with xavier_uniform over all its
+  rows, as the reference initialises its nn.Embedding (models/cartnet.py:113-114), not torch's N(0, 1).
 - Edge encoder: e0 = SiLU(W2 SiLU(W1 [phi(d) | u])), 67 -> 2d -> d.
 - Layer (x4, d = 256): z_ij = [h_i | h_j | e_ij]; g = sigmoid(BN(MLP_g(z))), MLP = Linear(3d, d), SiLU,
   Linear(d, d); s = f_c(d_ij) g; m = MLP_m(z); a_i = sum_j s * m; h_i <- h_i + SiLU(BN(a_i)); e_ij <- e_ij + s.
 - Head: per atom Linear(d, d/2) -> SiLU -> Linear(d/2, 1); mean over atoms.
 
 Symmetry: the edge input holds the Cartesian direction u_ij, so predictions are invariant to atom order and to
-translation but NOT to rotation (the reference relies on random-rotation augmentation in training to make the
-model approximately invariant). tests/test_encoders.py checks both facts.
+translation but NOT to rotation. The reference makes the model approximately invariant with random-rotation
+augmentation only for its thermal-ellipsoid (ADP) data set (``--augment`` in scripts/train_cartnet_adp.sh; the
+DatasetADP loader, loader/loader.py:29); its JARVIS and Materials Project scripts (scripts/train_cartnet_jarvis.sh,
+train_cartnet_megnet.sh) train without it, as crysbench does. tests/test_encoders.py checks both facts.
 
 Departures: the first Linear of MLP_g and of MLP_m over z_ij is evaluated as W_i h_i + W_j h_j + W_e e_ij (each
 layer's own weight, sliced; the two first layers share one node GEMM), so node parts are computed once per atom,
 not per edge; function and parameter shapes are the reference's. The reference's temperature input (for thermal
-ellipsoids) is not part of property prediction and is left out.
+ellipsoids) is not part of property prediction and is left out. UNATE's downstream code also drops every
+structure that contains an element its table lacks (``--input_filter``, figshare_dataset.py:72-79); crysbench
+keeps them and gives such elements a trainable fallback row (reported as coverage).
 
 Shapes: N atoms, E edges, B graphs. Z (N,) -> (N, F) -> h (N, d); (d, r) (E,), (E, 3) -> e (E, d);
 node (N, d); pred (B,).
@@ -37,7 +54,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.registry import register_encoder
+from bench.config import ConfigError
+from bench.registry import register_encoder, suggest
 
 from .base import Encoder, EncoderOutput
 from .layers import ExpNormalBasis, cosine_cutoff
@@ -71,7 +89,10 @@ class CartNetLayer(nn.Module):
         return h + F.silu(self.bn_node(a)), e + s
 
 
-@register_encoder("cartnet", version="1")
+INJECTIONS = ("encoder", "linear", "direct")
+
+
+@register_encoder("cartnet", version="2")
 class CartNet(Encoder):
     """CartNet (Solé et al. 2025): gated message passing on Cartesian directions and ExpNormal distances."""
 
@@ -83,17 +104,39 @@ class CartNet(Encoder):
         layers: int = 4
         rbf_bins: int = 64
         cutoff: float = 5.0
+        injection: str = "encoder"  # encoder | linear | direct: how the featurizer's vectors enter (see above)
+
+        def __post_init__(self) -> None:
+            if self.injection not in INJECTIONS:
+                raise ConfigError("encoder 'cartnet' option injection: "
+                                  + suggest(self.injection, list(INJECTIONS), "value"))
 
     @classmethod
     def reference_feature_dim(cls, config=None) -> int:
-        return 2 * (config.dim if config is not None else 256)
+        """The reference's table width: 2d into its atom encoder; d for the vectors UNATE injects directly or
+        through one Linear (models/cartnet.py:114 in its downstream code)."""
+        config = config if config is not None else cls.Config()
+        return 2 * config.dim if config.injection == "encoder" else config.dim
 
     def __init__(self, config: "CartNet.Config", featurizer: nn.Module) -> None:
         super().__init__(config, featurizer)
         c = config
+        from bench.featurizers import Learned
+
+        if isinstance(featurizer, Learned):  # the reference's table init (models/cartnet.py:113-114)
+            with torch.no_grad():
+                nn.init.xavier_uniform_(featurizer.embedding.weight)
         self.rbf = ExpNormalBasis(c.rbf_bins, c.cutoff)
-        self.atom_bias = nn.Parameter(torch.zeros(featurizer.dim))
-        self.atom_encoder = nn.Linear(featurizer.dim, c.dim)
+        if c.injection == "direct":
+            if featurizer.dim != c.dim:
+                raise ConfigError(
+                    f"encoder 'cartnet' option injection='direct' uses the featurizer's {featurizer.dim}-d vectors "
+                    f"as the first node state, so they must be dim={c.dim} wide: set dim={featurizer.dim} or use "
+                    "injection 'linear' or 'encoder'")
+        else:
+            if c.injection == "encoder":
+                self.atom_bias = nn.Parameter(torch.zeros(featurizer.dim))
+            self.atom_encoder = nn.Linear(featurizer.dim, c.dim)
         self.edge_encoder1 = nn.Linear(c.rbf_bins + 3, 2 * c.dim)
         self.edge_encoder2 = nn.Linear(2 * c.dim, c.dim)
         self.layers = nn.ModuleList(CartNetLayer(c.dim, c.cutoff) for _ in range(c.layers))
@@ -104,7 +147,13 @@ class CartNet(Encoder):
     def forward(self, batch, atom_mask: torch.Tensor | None = None) -> EncoderOutput:
         g = batch.g
         x = self.atom_input(batch, atom_mask)
-        h = F.silu(self.atom_encoder(F.silu(x + self.atom_bias)))
+        inj = self.config.injection
+        if inj == "encoder":
+            h = F.silu(self.atom_encoder(F.silu(x + self.atom_bias)))
+        elif inj == "linear":
+            h = self.atom_encoder(x)
+        else:
+            h = x
         d = g.edata["d"]
         u = g.edata["r"] / d.clamp_min(1e-8).unsqueeze(-1)
         e = F.silu(self.edge_encoder2(F.silu(self.edge_encoder1(torch.cat([self.rbf(d), u], dim=-1)))))

@@ -199,7 +199,8 @@ def test_overfits_tiny_set(name, structures, table_path):
 
 def test_cartnet_is_not_rotation_invariant():
     """CartNet feeds the Cartesian direction u_ij = r_ij / d_ij, so a rigid rotation changes its embeddings and
-    predictions (the reference trains with random rotations to become approximately invariant). The effect is
+    predictions (the reference augments with random rotations only for its thermal-ellipsoid data set, not for
+    JARVIS or MP, and neither does crysbench). The effect is
     weak at initialisation and in cubic cells (there the terms linear in u cancel between opposite neighbours and
     the quadratic ones are isotropic), so use non-cubic real cells and train briefly. Atom order and translation
     remain exact symmetries."""
@@ -334,3 +335,55 @@ def test_alignn_matches_reference_package(structures):
             a_reduced = ours_r(reduced).pred  # the symmetry-reduced graphs (bench.quotient): the same function
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (mode, (a - b).abs().max())
         assert torch.allclose(a_reduced, b, atol=1e-4, rtol=1e-4), (mode, (a_reduced - b).abs().max())
+
+
+# ---- CartNet: the reference's element-table initialisation and UNATE's three ways of injecting vectors --------
+@pytest.mark.parametrize("spec", ["learned", "learned-mask"])
+def test_cartnet_element_table_starts_xavier_uniform(spec):
+    """The reference initialises its 119 x 2d nn.Embedding with xavier_uniform (imatge-upc/CartNet
+    models/cartnet.py:113-114): U(-b, b), b = sqrt(6 / (119 + 2d)), not torch's N(0, 1)."""
+    from bench.plugins import load_plugins
+
+    load_plugins([])  # registers learned-mask (objectives/unate.py)
+    torch.manual_seed(0)
+    feat = build_featurizer(spec, dim=reference_feature_dim("cartnet", {"dim": 24}))
+    model = build_encoder("cartnet", feat, {"dim": 24, "layers": 1})
+    w = model.featurizer.embedding.weight
+    bound = (6 / (119 + 48)) ** 0.5
+    assert w.shape == (119, 48) and float(w.abs().max()) <= bound
+    assert float(w.abs().max()) > 0.95 * bound and abs(float(w.std()) - bound / 3 ** 0.5) < 0.05 * bound
+
+
+@pytest.mark.parametrize("injection", ["encoder", "linear", "direct"])
+def test_cartnet_injection_modes(structures, tmp_path, injection):
+    """h0 = SiLU(W SiLU(x + b)) (the reference atom encoder; with embedding-init: UNATE's way 1), W x + c (way 2:
+    one Linear, UNATE's --encoder Linear) or x itself (way 3, --encoder "No encoder"). With no layers the node
+    output is h0."""
+    path = tmp_path / "t24.json"
+    save_table(path, random_vectors(24, seed=1), {"source": "test"})
+    feat = build_featurizer(f"embedding:{path}")
+    torch.manual_seed(0)
+    model = build_encoder("cartnet", feat, {"dim": 24, "layers": 0, "injection": injection})
+    batch = _batch(structures[:3], "cartnet")
+    with torch.no_grad():
+        h0 = model(batch).node
+        x = feat(batch.g.ndata["Z"])
+        F = torch.nn.functional
+        if injection == "encoder":
+            want = F.silu(model.atom_encoder(F.silu(x + model.atom_bias)))
+        elif injection == "linear":
+            want = x @ model.atom_encoder.weight.T + model.atom_encoder.bias
+            assert not hasattr(model, "atom_bias")
+        else:
+            want = x
+            assert not hasattr(model, "atom_encoder") and not hasattr(model, "atom_bias")
+    assert torch.allclose(h0, want, atol=1e-6)
+    width = 48 if injection == "encoder" else 24  # the reference's table width for each way
+    assert reference_feature_dim("cartnet", {"dim": 24, "injection": injection}) == width
+
+
+def test_cartnet_injection_option_errors():
+    with pytest.raises(ConfigError, match="Did you mean 'linear'"):
+        build_encoder("cartnet", build_featurizer("onehot"), {"dim": 24, "injection": "lineer"})
+    with pytest.raises(ConfigError, match="set dim=118"):
+        build_encoder("cartnet", build_featurizer("onehot"), {"dim": 24, "injection": "direct"})
