@@ -18,7 +18,22 @@ Forms used (edge j -> i, DGL src = j, dst = i; B graphs; state u is per graph):
 - Readout: Set2Set (2 iterations, 1 LSTM layer) on nodes and on edges -> [node 64 | edge 64 | u 32] ->
   MLP(160 -> 32 -> 16 -> 1), SoftPlus2 on the hidden layers only.
 
-Departures: none intended. The edge MLP's first layer is evaluated as W_src v_j + W_dst v_i + W_e e + W_u u
+matgl is not the Keras MEGNet behind the published numbers (MP 2018.6.1 formation energy 0.028 eV/atom, Chen et
+al. 2019; dft_3d 0.0423 eV/atom in the kgcnn port). Following matgl (verified against it to 2e-7 with copied
+weights) means four differences from materialsvirtuallab/megnet (read at f370576), so those numbers are not this
+model's target:
+
+- Gaussian: matgl exp(-0.5 (d - mu)^2); Keras exp(-(d - mu)^2 / 0.5^2) = exp(-4 (d - mu)^2)
+  (megnet/data/graph.py:341, width 0.5, megnet/models/megnet.py:133): basis functions 2.8x narrower there;
+- last layers: matgl applies SoftPlus2 after the last layer of every MLP; the Keras MEGNetLayer returns its
+  phi_e/phi_v/phi_u outputs before the activation (megnet/layers/graph/megnet.py:295-302);
+- Set2Set: matgl 2 iterations on the 32-d features without an input projection; Keras 3 iterations
+  (npass = 3) after projecting the inputs to n_hidden = n3 = 16 (megnet/models/megnet.py:40, 47, 345-347;
+  the x_to_m kernel in megnet/layers/readout/set2set.py), so the readout input is [16+16 | 16+16 | 32] there;
+- gradient clipping: none in matgl's training; Keras compiles Adam with clipnorm = 3 by default
+  (megnet/models/megnet.py:57, 128-129).
+
+Departures from matgl: none intended. The edge MLP's first layer is evaluated as W_src v_j + W_dst v_i + W_e e + W_u u
 (the same weight matrix, sliced), so the node and state parts are computed once per node/graph, not per edge.
 An atom with no neighbour within 4 Å gets mean_j e_ij' = 0; a graph with no edges gets a zero edge readout.
 Given a symmetry-reduced batch (``Batch.q``, ``bench.quotient``) the same function is evaluated on one
