@@ -13,16 +13,20 @@ This is the only module in crysbench that imports ray, and it does so lazily, so
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
 import shutil
+import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+from bench.claims import ClaimSet
 from bench.config import ConfigError, from_dict, load_yaml
 from bench.paths import PACKAGE_DIR
 from bench.registry import suggest
@@ -30,6 +34,21 @@ from bench.registry import suggest
 
 class SweepError(ValueError):
     """Bad sweep options (raised before Ray starts)."""
+
+
+class SweepInterrupted(Exception):
+    """The sweep stopped on SIGINT or SIGTERM. Ray is shut down; every finished trial's record is in the store,
+    so running the same command again resumes (the store's records, not Tune's state, say what is done)."""
+
+    def __init__(self, signum: int, recorded: int | None = None, total: int | None = None) -> None:
+        self.signum = signum
+        counts = f"; {recorded} of {total} trial(s) recorded" if total is not None else ""
+        super().__init__(f"interrupted ({signal.Signals(signum).name}){counts}; run the same command again to "
+                         "resume (recorded trials are skipped)")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 # --------------------------------------------------------------------------------------------------- suites
@@ -338,10 +357,14 @@ def planned_run_id(config: dict) -> str:
 
 def record_exists(config: dict) -> bool:
     """True when the store already holds an ok record for this config (so the trial is not launched)."""
+    return _has_ok_record(config["store"], planned_run_id(config))
+
+
+def _has_ok_record(store: str | Path, rid: str) -> bool:
     from bench.records import RecordError, find_record
 
     try:
-        rec = find_record(config["store"], planned_run_id(config))
+        rec = find_record(store, rid)
     except RecordError:  # unreadable: run it again (run_one rewrites it)
         return False
     return rec is not None and rec["status"] == "ok"
@@ -561,8 +584,9 @@ def init_ray(address: str | None, cpus_per_trial: float, gpus_per_trial: float,
     if num_gpus is not None:
         res["num_gpus"] = num_gpus
     check_local_gpus(gpus_per_trial, res["num_gpus"])
-    with _loopback_only():
+    with _loopback_only(), _quiet_logger(_RAY_AUTH_LOGGER):
         # address="local": a new instance, never the last `ray start` cluster Ray remembers in /tmp/ray.
+        # Ray turns token authentication on for it by default and warns so in every run: kept, not printed.
         ray.init(address="local", num_cpus=res["num_cpus"], num_gpus=res["num_gpus"], include_dashboard=False,
                  _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="warning")
 
@@ -576,6 +600,21 @@ def check_local_gpus(gpus_per_trial: float, available: int | None = None) -> Non
             f"gpus_per_trial {gpus_per_trial:g}: this machine has {available} GPU(s) visible to torch; "
             "use --gpus-per-trial 0 or join a GPU cluster with --address"
         )
+
+
+_RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextmanager
+def _quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Raise one logger's threshold for the duration (Ray's start-up notices that every run would print)."""
+    log = logging.getLogger(name)
+    old = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
 
 
 @contextmanager
@@ -598,6 +637,48 @@ def _loopback_only():
             os.environ.pop(key, None)
         else:
             os.environ[key] = old_env
+
+
+class _StopOnSignals:
+    """Inside, SIGINT and SIGTERM raise KeyboardInterrupt in the main thread, so the sweep unwinds through its
+    ``finally`` blocks (Ray shut down, claims released); ``signum`` says which signal it was (Ray's waits replace
+    the handler's exception by a plain KeyboardInterrupt). Tune's own SIGINT handler is off: it would save its
+    state, advise Tuner.restore and report every unfinished trial as failed, while re-running the command is what
+    resumes. ray.init installs a SIGTERM handler of its own (exit 1 with a stack dump): call ``arm`` after it."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    _ENV = "TUNE_DISABLE_SIGINT_HANDLER"
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+        self._old_env: str | None = None
+        self._main = threading.current_thread() is threading.main_thread()  # handlers belong to the main thread
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def arm(self) -> None:
+        if self._main:
+            for sig in self._SIGNALS:
+                signal.signal(sig, self._stop)
+
+    def __enter__(self) -> "_StopOnSignals":
+        if self._main:
+            self._old = {sig: signal.getsignal(sig) for sig in self._SIGNALS}
+            self.arm()
+        self._old_env = os.environ.get(self._ENV)
+        os.environ[self._ENV] = "1"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old_env is None:
+            os.environ.pop(self._ENV, None)
+        else:
+            os.environ[self._ENV] = self._old_env
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 class _ProgressCallback:
@@ -673,6 +754,7 @@ class SweepResult:
     skipped: int
     results: list[dict]  # one per finished trial: the reported metrics + the trial config
     failed: list[dict]  # configs of trials that failed after retries
+    busy: int = 0  # trials skipped because another live sweep on the same store claimed them
 
 
 def run_trials(configs: list[dict], *, cpus_per_trial: float, gpus_per_trial: float, storage_path: Path,
@@ -741,27 +823,54 @@ def pretrain_tables(plan: SweepPlan, progress: bool = True) -> dict[str, Path]:
 
 def run_sweep(plan: SweepPlan, *, num_cpus: int | None = None, num_gpus: int | None = None,
               trainable: Callable[[dict], None] = run_trial, progress: bool = True) -> SweepResult:
-    """Pretrain, build the grid, skip trials whose record exists, run the rest on Ray, shut Ray down."""
-    import ray
-
+    """Pretrain, build the grid, skip trials whose record exists or that another live sweep on the store has
+    claimed, run the rest on Ray, shut Ray down. SIGINT/SIGTERM stop it cleanly: SweepInterrupted."""
     if (plan.address or os.environ.get("RAY_ADDRESS") or "local") == "local" and num_gpus is None:
         check_local_gpus(plan.suite.gpus_per_trial)  # before hours of pretraining, not after
+    grid: list[dict] = []
+    with _StopOnSignals() as stop:
+        try:
+            with ClaimSet(plan.store) as claims:
+                return _sweep(plan, claims, stop, grid, num_cpus=num_cpus, num_gpus=num_gpus, trainable=trainable,
+                              progress=progress)
+        except KeyboardInterrupt:
+            recorded = sum(record_exists(c) for c in grid) if grid else None
+            raise SweepInterrupted(stop.signum or signal.SIGINT, recorded, len(grid) if grid else None) from None
+
+
+def _sweep(plan: SweepPlan, claims: ClaimSet, stop: _StopOnSignals, grid: list[dict], *, num_cpus: int | None,
+           num_gpus: int | None, trainable: Callable[[dict], None], progress: bool) -> SweepResult:
+    import ray
+
     tables = pretrain_tables(plan, progress=progress and sys.stderr.isatty()) if plan.objectives else {}
     widths = {table_width(p) for p in tables.values()}
     if len(widths) > 1:
         raise SweepError(f"objective tables differ in width {sorted(widths)}: the random control needs one width")
     configs = trial_configs(plan, tables, next(iter(widths)) if widths else None)
-    todo = [c for c in configs if not record_exists(c)]
-    skipped = len(configs) - len(todo)
-    print(f"[sweep] {len(configs)} trials in the grid; {skipped} already in {plan.store}; launching {len(todo)}",
-          file=sys.stderr)
+    grid.extend(configs)
+    todo, busy = [], 0
+    for c in configs:
+        rid = planned_run_id(c)
+        if _has_ok_record(plan.store, rid):
+            continue
+        if not claims.claim(rid):
+            busy += 1
+        elif _has_ok_record(plan.store, rid):  # finished by another sweep between the two looks
+            claims.release(rid)
+        else:
+            todo.append(c)
+    skipped = len(configs) - len(todo) - busy
+    running = f"{busy} running in another sweep; " if busy else ""
+    print(f"[sweep] {len(configs)} trials in the grid; {skipped} already in {plan.store}; {running}"
+          f"launching {len(todo)}", file=sys.stderr)
     if not todo:
-        return SweepResult(0, skipped, [], [])
+        return SweepResult(0, skipped, [], [], busy)
     init_ray(plan.address, plan.suite.cpus_per_trial, plan.suite.gpus_per_trial, num_cpus, num_gpus)
     try:
+        stop.arm()  # again: ray.init replaced the SIGTERM handler
         res = run_trials(todo, cpus_per_trial=plan.suite.cpus_per_trial, gpus_per_trial=plan.suite.gpus_per_trial,
                          storage_path=plan.store / "ray", max_retries=plan.max_retries, trainable=trainable)
     finally:
         ray.shutdown()
-    res.skipped = skipped
+    res.skipped, res.busy = skipped, busy
     return res

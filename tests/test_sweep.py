@@ -371,9 +371,9 @@ def test_logical_gpus_give_concurrent_trials_distinct_devices_and_ray_stays_on_l
 
 @pytest.mark.ray
 @pytest.mark.parametrize("how", ["argument", "RAY_ADDRESS"])
-def test_address_local_starts_the_same_loopback_only_instance(how, monkeypatch):
+def test_address_local_starts_the_same_loopback_only_instance(how, monkeypatch, capfd):
     """'local' (which check_address accepts) means a new local instance: it must be the loopback-only one,
-    not a default ray.init that binds the machine's routable address."""
+    not a default ray.init that binds the machine's routable address; and it starts without Ray's notices."""
     import psutil
     import ray
 
@@ -382,6 +382,8 @@ def test_address_local_starts_the_same_loopback_only_instance(how, monkeypatch):
     if how == "RAY_ADDRESS":
         monkeypatch.setenv("RAY_ADDRESS", "local")
     sweep.init_ray("local" if how == "argument" else None, 0.5, 0, num_cpus=1, num_gpus=0)
+    err = capfd.readouterr().err
+    assert "Token authentication" not in err and "WARNING" not in err, err  # printed by Ray in every run
     try:
         me = psutil.Process()
         listening = _listening({me.pid} | {c.pid for c in me.children(recursive=True)})
@@ -518,6 +520,47 @@ def test_kill_9_mid_sweep_then_resume_loses_and_duplicates_nothing(tmp_path):
         assert rec["status"] == "ok" and rec["run_id"] == f[:-5]
 
 
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ctrl_c_mid_sweep_stops_cleanly_then_the_same_command_resumes(tmp_path):
+    """A real `bench run` driver and its Ray processes get SIGINT (as from a terminal's Ctrl-C, to the whole
+    process group) after the first record: it exits 130 with one line saying how to resume, none of Tune's
+    restore advice, tracebacks or FAILED lines; the re-run launches only what is missing."""
+    store = (tmp_path / "store").resolve()
+    temp = f"/tmp/cc{os.getpid()}"
+    argv = [sys.executable, "-m", "bench.cli", *SMALL_RUN, "--store", str(store), "--cpus-per-trial", "1"]
+    env = {**os.environ, "RAY_TMPDIR": temp}
+    env.pop("RAY_AUTH_MODE", None)  # Ray's default (token), whose notice must not be printed either
+    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (store / "records").is_dir() and list((store / "records").glob("*.json")):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the sweep finished before it could be interrupted: " + proc.stderr.read()[-2000:]
+        os.killpg(proc.pid, signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        _kill(_ray_processes(temp))
+    assert proc.returncode == 130, err[-3000:]
+    lines = err.strip().splitlines()
+    assert "interrupted (SIGINT);" in lines[-1] and "run the same command again to resume" in lines[-1], err
+    for noise in ("Tuner.restore", "FileNotFoundError", "FAILED", "Traceback", "WARNING", "Token authentication"):
+        assert noise not in err, err[-3000:]
+    assert not list((store / "claims").glob("*.json"))
+    before = {p.stem for p in (store / "records").glob("*.json")}
+    assert 1 <= len(before) < 4
+    out = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    _kill(_ray_processes(temp))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"{len(before)} already in {store}; launching {4 - len(before)}" in out.stderr
+    assert len(list((store / "records").glob("*.json"))) == 4
+
+
 def test_failed_trials_are_reported_and_set_the_exit_code(monkeypatch, capsys, tmp_path):
     from bench.cli import main
 
@@ -556,3 +599,109 @@ def test_progress_line_shows_the_best_validation_mae_never_the_test_mae(capsys):
     assert lines[0].endswith("best validation MAE -")
     assert lines[-1] == f"[sweep] 2/2 done, 0 running, 0 error(s); best validation MAE 0.3 ({TASK}/cgcnn/cgcnn)"
     assert not any("test" in line for line in lines)
+
+
+# ------------------------------------------------------------------------------------------ busy stores, signals
+
+
+@pytest.fixture
+def stub_ray(monkeypatch):
+    """run_sweep with Ray stubbed out: ``seen["todo"]`` gets what would be launched, ``seen["claims"]`` the claim
+    files while it runs, and ``seen["during"]`` (if set) runs in the middle of the trials."""
+    seen: dict = {"todo": None, "claims": None, "during": None}
+    monkeypatch.setattr(sweep, "init_ray", lambda *a, **k: None)
+
+    def run_trials(configs, **kw):
+        seen["todo"] = configs
+        seen["claims"] = sorted(p.stem for p in (Path(configs[0]["store"]) / "claims").glob("*.json"))
+        if seen["during"]:
+            seen["during"]()
+        return sweep.SweepResult(len(configs), 0, [], [])
+
+    monkeypatch.setattr(sweep, "run_trials", run_trials)
+    return seen
+
+
+def _plant_claim(store: Path, rid: str, pid: int) -> None:
+    from bench.claims import claim_path
+
+    p = claim_path(store, rid)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "token": "other", "time": "now"}))
+
+
+SMALL_RUN = ["run", "--suite", "smoke", "--encoder", "cgcnn", "--tasks", TASK, "--fractions", "0.5,1.0",
+             "--seeds", "0,1", "--epochs", "1", "--no-leaderboard"]
+
+
+def _small_run_ids(store: Path) -> list[str]:
+    from bench.cli import build_parser
+    from bench.commands.run import build_plan
+    from bench.plugins import load_plugins
+
+    args = build_parser().parse_args(SMALL_RUN + ["--store", str(store)])
+    args.plugins = load_plugins(args.plugin)
+    plan = build_plan(args)
+    return [sweep.planned_run_id(c) for c in sweep.trial_configs(plan, {})]
+
+
+def test_a_second_sweep_skips_the_trials_a_live_sweep_is_running(tmp_path, stub_ray, capsys):
+    """Two `bench run` on one store: the second runs only what the first has not claimed, and says so."""
+    from bench.cli import main
+
+    store = tmp_path.resolve()
+    rids = _small_run_ids(store)
+    assert len(rids) == 4
+    for rid in rids[:2]:  # held by another sweep: a live process on this host
+        _plant_claim(store, rid, os.getppid())
+    assert main(SMALL_RUN + ["--store", str(store)]) == 0
+    err = capsys.readouterr().err
+    assert [sweep.planned_run_id(c) for c in stub_ray["todo"]] == rids[2:]
+    assert stub_ray["claims"] == sorted(rids)  # its own two claimed while they run
+    assert sorted(p.stem for p in (store / "claims").glob("*.json")) == sorted(rids[:2])  # its own released
+    assert "4 trials in the grid; 0 already in" in err and "2 running in another sweep; launching 2" in err
+    assert "2 running in another sweep on this store" in err.splitlines()[-1]
+    # the other sweep died (its pid is gone): its claims are stale and taken over
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for rid in rids[:2]:
+        _plant_claim(store, rid, dead.pid)
+    assert main(SMALL_RUN + ["--store", str(store)]) == 0
+    assert len(stub_ray["todo"]) == 4 and "launching 4" in capsys.readouterr().err
+
+
+class _SignalReachedTheTest(Exception):
+    pass
+
+
+@pytest.fixture
+def guard_signals():
+    """Without the sweep's own handlers a SIGINT would stop pytest and a SIGTERM kill it: turn both into a test
+    failure instead, and check the sweep put these handlers back."""
+    def guard(signum, frame):
+        raise _SignalReachedTheTest(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, guard) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield guard
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_mid_sweep_stops_cleanly_and_says_how_to_resume(tmp_path, stub_ray, guard_signals, capsys,
+                                                                sig, code):
+    from bench.cli import main
+
+    store = tmp_path.resolve()
+    stub_ray["during"] = lambda: (os.kill(os.getpid(), sig), time.sleep(10))
+    tune_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    t0 = time.monotonic()
+    assert main(SMALL_RUN + ["--store", str(store)]) == code
+    assert time.monotonic() - t0 < 8
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"[sweep] interrupted ({signal.Signals(sig).name}); 0 of 4 trial(s) recorded; run the same "
+                       "command again to resume (recorded trials are skipped)")
+    assert not any("FAILED" in line or "finished" in line for line in err)  # interrupted trials are no failures
+    assert len(stub_ray["claims"]) == 4 and not list((store / "claims").glob("*.json"))  # claims released
+    assert signal.getsignal(signal.SIGINT) is guard_signals and signal.getsignal(signal.SIGTERM) is guard_signals
+    assert os.environ.get("TUNE_DISABLE_SIGINT_HANDLER") == tune_env

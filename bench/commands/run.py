@@ -98,7 +98,7 @@ def build_plan(args):
 
 def main(args) -> int:
     from bench.cli import UserError
-    from bench.sweep import SweepError, run_sweep
+    from bench.sweep import SweepError, SweepInterrupted, run_sweep
 
     try:
         plan = build_plan(args)
@@ -111,8 +111,13 @@ def main(args) -> int:
         res = run_sweep(plan)
     except SweepError as e:
         raise UserError(str(e)) from None
+    except SweepInterrupted as e:  # Ray is already shut down; no leaderboard from a partial sweep
+        print(f"[sweep] {e}", file=sys.stderr)
+        return e.exit_code
+    busy = (f", {res.busy} running in another sweep on this store (run the same command again after it ends)"
+            if res.busy else "")
     print(f"[sweep] finished: {len(res.results)} trial(s) ran, {res.skipped} skipped (already recorded), "
-          f"{len(res.failed)} failed", file=sys.stderr)
+          f"{len(res.failed)} failed{busy}", file=sys.stderr)
     for f in res.failed:
         c = f["config"]
         print(f"[sweep] FAILED {c.get('task')} {c.get('encoder')} {c.get('features_label')} "
