@@ -19,9 +19,8 @@ Forms used (edge j -> i, DGL src = j, dst = i; B graphs; state u is per graph):
   MLP(160 -> 32 -> 16 -> 1), SoftPlus2 on the hidden layers only.
 
 matgl is not the Keras MEGNet behind the published numbers (MP 2018.6.1 formation energy 0.028 eV/atom, Chen et
-al. 2019; dft_3d 0.0423 eV/atom in the kgcnn port). Following matgl (verified against it to 2e-7 with copied
-weights) means four differences from materialsvirtuallab/megnet (read at f370576), so those numbers are not this
-model's target:
+al. 2019; dft_3d 0.0423 eV/atom in the kgcnn port). Following matgl means four differences from
+materialsvirtuallab/megnet (read at f370576), so those numbers are not this model's target:
 
 - Gaussian: matgl exp(-0.5 (d - mu)^2); Keras exp(-(d - mu)^2 / 0.5^2) = exp(-4 (d - mu)^2)
   (megnet/data/graph.py:341, width 0.5, megnet/models/megnet.py:133): basis functions 2.8x narrower there;
