@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +77,13 @@ class Suite:
     corpus_limit: int | None = None
     pretrain_batch_size: int | None = None
     # also drop corpus structures that match an excluded val/test structure from another source (the MP copy of
-    # a JARVIS test material); ids alone are the default (bench pretrain --match-structures)
-    match_structures: bool = False
+    # a JARVIS test material); the default; false: ids alone (bench pretrain --ids-only)
+    match_structures: bool = True
+    # how an objective's table enters an encoder that has an `injection` option (CartNet), each run as its own
+    # column: encoder (the default: frozen table, the encoder's atom encoder), init (the table initialises a
+    # trainable one: UNATE's way 1), linear (frozen, one Linear: way 2), direct (frozen, the first node state:
+    # way 3, at the table's width); empty: the encoder's default only. Other encoders ignore it.
+    injections: tuple[str, ...] = ()
     batch_size: int | None = None  # None: the encoder's reference batch size
     # KEY=VALUE overrides of the encoders' training settings for every run (as `bench train --train-option`);
     # epochs and batch_size have their own keys
@@ -160,6 +166,11 @@ def check_suite(s: Suite) -> None:
     suite_train_options(s)
     if len(set(s.fractions)) != len(s.fractions) or len(set(s.seeds)) != len(s.seeds):
         raise SweepError("fractions and seeds must not repeat")
+    for m in s.injections:
+        if m not in INJECTIONS:
+            raise SweepError(f"suite {s.name or '?'}: injections " + suggest(m, list(INJECTIONS), "injection"))
+    if len(set(s.injections)) != len(s.injections):
+        raise SweepError(f"suite {s.name or '?'}: an injection is repeated: {','.join(s.injections)}")
 
 
 def suite_train_options(s: Suite) -> dict[str, str]:
@@ -268,39 +279,83 @@ def _column(spec: str) -> dict:
 
 
 CONTROL_FEATURIZERS = ("random", "crysatom-published", "cgcnn")
+INJECTIONS = ("encoder", "init", "linear", "direct")
 
 
-def featurizer_columns(tables: dict[str, Path], controls: bool, table_dim: int | None,
+def featurizer_columns(tables: dict[str, Path], controls: bool, table_dim: int | Iterable[int] | None,
                        featurizers: tuple[str, ...] = ("onehot",)) -> list[dict]:
     """The featurizers every (task, encoder) is trained with: the suite's ``featurizers`` (default one-hot, the
-    baseline), each objective's table, and with ``controls`` a random table of the same width, the published
-    CrysAtom table and CGCNN's bits (each once, where the suite did not list it already)."""
+    baseline), each objective's table, and with ``controls`` a random table of each table width (``table_dim``:
+    one width or several, each objective pretraining at its own), the published CrysAtom table and CGCNN's bits
+    (each once, where the suite did not list it already)."""
     cols = [_column(spec) for spec in featurizers]
     for obj, path in tables.items():
         cols.append({"features": f"embedding:{Path(path).resolve()}", "features_label": obj})
     if controls:
         # The random control has the tables' width, or a difference could be the width, not chemistry.
-        random_spec = "random" if table_dim is None else f"random:0:{table_dim}"
-        cols.append({"features": random_spec, "features_label": "random"})
+        dims = sorted({table_dim} if isinstance(table_dim, int) else set(table_dim or ()))
+        for w in dims or [None]:
+            label = "random" if len(dims) <= 1 else f"random-{w}"
+            cols.append({"features": "random" if w is None else f"random:0:{w}", "features_label": label})
         cols.append({"features": "crysatom-published", "features_label": "crysatom-published"})
         cols.append({"features": "cgcnn", "features_label": "cgcnn"})
     seen: set[str] = set()
     return [c for c in cols if not (c["features"] in seen or seen.add(c["features"]))]
 
 
-def trial_configs(plan: SweepPlan, tables: dict[str, Path], table_dim: int | None = None) -> list[dict]:
+def encoder_columns(encoder: str, columns: list[dict], tables: dict[str, Path],
+                    injections: tuple[str, ...]) -> list[tuple[dict, dict]]:
+    """(featurizer column, encoder options) pairs of one encoder. Without ``injections``, or for an encoder with
+    no ``injection`` option (CGCNN, ALIGNN, MEGNet), every column once with no options (the trial configs, and so
+    the run ids, of before injections existed). Otherwise per mode (Suite.injections): ``encoder`` every column
+    as it is; ``linear`` every column with injection=linear (one-hot included, so that table has its baseline);
+    ``init`` each objective's table as ``embedding-init:`` (label ``<objective>-init``); ``direct`` each
+    objective's table and random control with injection=direct at the table's width (``dim``)."""
+    from bench.encoders.base import encoder_class
+
+    fields = {f.name for f in dataclasses.fields(encoder_class(encoder).Config)}
+    if not injections or "injection" not in fields:
+        return [(c, {}) for c in columns]
+    by_spec = {f"embedding:{Path(p).resolve()}": (obj, p) for obj, p in tables.items()}
+    out: list[tuple[dict, dict]] = []
+    for mode in injections:
+        if mode == "encoder":
+            out += [(c, {}) for c in columns]
+        elif mode == "linear":
+            out += [(c, {"injection": "linear"}) for c in columns]
+        elif mode == "init":
+            out += [({"features": "embedding-init:" + spec.partition(":")[2], "features_label": f"{obj}-init"}, {})
+                    for spec, (obj, _) in by_spec.items()]
+        elif mode == "direct":
+            if "dim" not in fields:
+                raise SweepError(f"injection 'direct' sets the width of encoder {encoder!r}, which has no 'dim' option")
+            for c in columns:
+                spec = c["features"]
+                if spec in by_spec:
+                    width = table_width(by_spec[spec][1])
+                elif spec.startswith("random:") and spec.count(":") == 2:
+                    width = int(spec.rsplit(":", 1)[1])
+                else:
+                    continue  # a featurizer of its own width (one-hot, CGCNN bits): no direct form
+                out.append((c, {"injection": "direct", "dim": width}))
+    return out
+
+
+def trial_configs(plan: SweepPlan, tables: dict[str, Path],
+                  table_dim: int | Iterable[int] | None = None) -> list[dict]:
     """The run_one configs of the whole grid, in a stable order (seed, task, encoder, fraction, featurizer):
     seed first, so a sweep stopped part-way (a long one runs over several sessions) has left whole tables, every
     featurizer beside one-hot, for its first seeds rather than every seed of a few featurizers."""
     s = plan.suite
     data_dir = plan.data_dir if plan.data_dir is not None else s.data_dir
     columns = featurizer_columns(tables, plan.controls, table_dim, s.featurizers)
+    per_encoder = {enc: encoder_columns(enc, columns, tables, s.injections) for enc in plan.encoders}
     configs = []
     for seed in s.seeds:
         for task in s.tasks:
             for enc in plan.encoders:
                 for frac in s.fractions:
-                    for col in columns:
+                    for col, enc_opts in per_encoder[enc]:
                         cfg = {
                             "task": task,
                             "encoder": enc,
@@ -322,6 +377,8 @@ def trial_configs(plan: SweepPlan, tables: dict[str, Path], table_dim: int | Non
                             options["batch_size"] = s.batch_size
                         if options:
                             cfg["train_options"] = options
+                        if enc_opts:
+                            cfg["encoder_options"] = enc_opts
                         configs.append(cfg)
     return configs
 
@@ -341,8 +398,7 @@ def pretrain_config(plan: SweepPlan, objective: str) -> dict:
                      ("corpus_limit", s.corpus_limit), ("batch_size", s.pretrain_batch_size)):
         if src is not None:
             cfg[key] = src
-    if s.match_structures:  # only when set: tables cached without it keep their key
-        cfg["match_structures"] = True
+    cfg["match_structures"] = s.match_structures  # said either way: bench pretrain's default is to match
     return cfg
 
 
@@ -843,10 +899,9 @@ def _sweep(plan: SweepPlan, claims: ClaimSet, stop: _StopOnSignals, grid: list[d
     import ray
 
     tables = pretrain_tables(plan, progress=progress and sys.stderr.isatty()) if plan.objectives else {}
+    # each objective at its own width (UNATE 128, CrysAtom 200): one random control per width
     widths = {table_width(p) for p in tables.values()}
-    if len(widths) > 1:
-        raise SweepError(f"objective tables differ in width {sorted(widths)}: the random control needs one width")
-    configs = trial_configs(plan, tables, next(iter(widths)) if widths else None)
+    configs = trial_configs(plan, tables, widths)
     grid.extend(configs)
     todo, busy = [], 0
     for c in configs:

@@ -109,14 +109,63 @@ def test_grid_covers_every_trial_once(tmp_path):
     # the pretraining corpus excludes the evaluated tasks' val/test structures (leakage rule)
     pc = sweep.pretrain_config(plan, "crysatom")
     assert pc["exclude_tasks"] == list(plan.suite.tasks) and pc["dim"] == 200 and pc["corpus"] == "sample"
-    assert "match_structures" not in pc  # ids only by default: cached tables keep their key
-    # --match-structures reaches pretraining and gives a differently keyed table
+    assert pc["match_structures"] is True  # structure matching by default
+    # match_structures: false (bench run --ids-only) reaches pretraining and gives a differently keyed table
     from bench.pretrain import as_config, canonical_identity
 
-    matched = dataclasses.replace(plan, suite=sweep.override(plan.suite, match_structures=True))
-    pm = sweep.pretrain_config(matched, "crysatom")
-    assert as_config(pm).match_structures is True
+    ids_only = dataclasses.replace(plan, suite=sweep.override(plan.suite, match_structures=False))
+    pm = sweep.pretrain_config(ids_only, "crysatom")
+    assert as_config(pm).match_structures is False
     assert canonical_identity(pm) != canonical_identity(pc)
+
+
+def test_each_objective_keeps_its_width_with_one_random_control_per_width(tmp_path):
+    """UNATE pretrains at 128 and CrysAtom at 200 in the paper suite (no pretrain_dim): no width is forced on
+    both, and the random control comes at each table's width."""
+    plan = sweep.SweepPlan(suite=sweep.load_suite("paper"), encoders=("cgcnn",), objectives=("unate", "crysatom"),
+                           controls=True, store=tmp_path.resolve())
+    assert plan.suite.pretrain_dim is None and plan.suite.pretrain_epochs is None
+    for obj in ("unate", "crysatom"):
+        assert "dim" not in sweep.pretrain_config(plan, obj) and "epochs" not in sweep.pretrain_config(plan, obj)
+    tables = {"unate": tmp_path / "u.json", "crysatom": tmp_path / "c.json"}
+    cols = sweep.featurizer_columns(tables, True, {128, 200})
+    random_cols = [c for c in cols if c["features"].startswith("random")]
+    assert [(c["features"], c["features_label"]) for c in random_cols] == [("random:0:128", "random-128"),
+                                                                           ("random:0:200", "random-200")]
+    assert [c["features_label"] for c in sweep.featurizer_columns(tables, True, 64) if "random" in c["features"]] == [
+        "random"]
+
+
+def test_a_suite_compares_injection_modes_for_cartnet_only(tmp_path):
+    """Suite key injections: CartNet runs each objective table in every listed way (UNATE's three and
+    crysbench's frozen form); CGCNN, which has no injection option, keeps exactly its trial configs (and so its
+    run ids)."""
+    from bench.embeddings import save_table
+    from bench.featurizers import random_vectors
+
+    table = tmp_path / "u.json"
+    save_table(table, random_vectors(16, seed=0), {"source": "test"})
+    base = sweep.override(sweep.load_suite("smoke"), seeds=(0,), fractions=(1.0,))
+    plain = sweep.SweepPlan(suite=base, encoders=("cgcnn", "cartnet"), objectives=("unate",), controls=True,
+                            store=tmp_path.resolve())
+    modes = sweep.SweepPlan(suite=sweep.override(base, injections=("encoder", "init", "linear", "direct")),
+                            encoders=("cgcnn", "cartnet"), objectives=("unate",), controls=True,
+                            store=tmp_path.resolve())
+    before, after = (sweep.trial_configs(p, {"unate": table}, {16}) for p in (plain, modes))
+    cg = [c for c in after if c["encoder"] == "cgcnn"]
+    assert cg == [c for c in before if c["encoder"] == "cgcnn"] and all("encoder_options" not in c for c in cg)
+    cn = {(c["features_label"], c["features"].partition(":")[0], str(c.get("encoder_options"))) for c in after
+          if c["encoder"] == "cartnet"}
+    assert ("unate", "embedding", "None") in cn  # crysbench's frozen form, as before
+    assert ("unate-init", "embedding-init", "None") in cn  # way 1
+    assert ("unate", "embedding", str({"injection": "linear"})) in cn  # way 2
+    assert ("onehot", "onehot", str({"injection": "linear"})) in cn  # its table has the baseline
+    assert ("unate", "embedding", str({"injection": "direct", "dim": 16})) in cn  # way 3 at the table's width
+    assert ("random", "random", str({"injection": "direct", "dim": 16})) in cn
+    assert not any(lab == "onehot" and "direct" in opts for lab, _, opts in cn)
+    assert len({sweep.planned_run_id(c) for c in after}) == len(after)
+    with pytest.raises(sweep.SweepError, match="Did you mean 'linear'"):
+        sweep.override(base, injections=("lineer",))
 
 
 def test_pretrained_tables_are_kept_in_the_store(tmp_path, monkeypatch):
@@ -581,8 +630,10 @@ def test_match_structures_flag_reaches_the_suite(tmp_path):
     base = ["run", "--encoder", "cgcnn", "--objective", "crysatom", "--store", str(tmp_path)]
     plain = build_plan(build_parser().parse_args(base))
     matched = build_plan(build_parser().parse_args(base + ["--match-structures"]))
-    assert plain.suite.match_structures is False and matched.suite.match_structures is True
-    assert sweep.pretrain_config(matched, "crysatom")["match_structures"] is True
+    ids_only = build_plan(build_parser().parse_args(base + ["--ids-only"]))
+    assert plain.suite.match_structures is True and matched.suite.match_structures is True
+    assert ids_only.suite.match_structures is False
+    assert sweep.pretrain_config(ids_only, "crysatom")["match_structures"] is False
 
 
 def test_progress_line_shows_the_best_validation_mae_never_the_test_mae(capsys):

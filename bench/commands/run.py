@@ -39,7 +39,10 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir", default=None, help="data directory (overrides the suite's)")
     p.add_argument("--match-structures", action="store_true",
                    help="pretraining corpus: also leave out structures matching an evaluated val/test structure in "
-                        "another source (same reduced composition, volume per atom within 2%%), not only its id")
+                        "another source (same reduced composition and space group, volume per atom within 2%%), "
+                        "not only its id (the default)")
+    p.add_argument("--ids-only", action="store_true",
+                   help="pretraining corpus: leave out the evaluated val/test structures by id only")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
     p.set_defaults(func=main, registry_names=(("encoder", "encoder"), ("objective", "objective"), ("tasks", "task")))
@@ -68,7 +71,7 @@ def build_plan(args):
         epochs=args.epochs,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
-        match_structures=True if args.match_structures else None,
+        match_structures=False if args.ids_only else (True if args.match_structures else None),
     )
     encoders, objectives = _names(args.encoder), _names(args.objective)
     from bench.tasks.custom import register_custom_tasks
