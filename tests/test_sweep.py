@@ -336,6 +336,15 @@ def test_an_address_that_accepts_tcp_but_is_not_ray_fails_in_bounded_time(mode, 
         grpc.close()
 
 
+def test_a_non_routable_address_fails_in_bounded_time():
+    """Refused, timing out, or (behind a proxy that accepts every connection) answered by something that is not a
+    Ray head: whichever the network does, one SweepError within the connect + handshake bounds."""
+    t0 = time.monotonic()
+    with pytest.raises(sweep.SweepError, match=r"^--address 10\.255\.255\.1:6379: [^\n]*$"):
+        sweep.check_address("10.255.255.1:6379", timeout=2.0, handshake_timeout=3.0)
+    assert time.monotonic() - t0 < 8
+
+
 def test_bench_run_to_a_port_that_is_not_ray_exits_2_with_one_line(no_ray, capsys, tmp_path):
     from bench.cli import main
 
