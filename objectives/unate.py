@@ -236,11 +236,11 @@ def _ablation(name: str, doc: str, **defaults):
     return register_objective(name, version="1")(cls)
 
 
-UnateAE = _ablation("unate-ae", "UNATE ablation: the denoising autoencoder branch only (node + adjacency).",
+UnateAE = _ablation("unate-ae", "UNATE ablation (Sole et al. 2026, the paper's ablation axis): the denoising autoencoder branch only (node + adjacency).",
                     w_ssl=0.0, ssl="none")
-UnateContrastive = _ablation("unate-contrastive", "UNATE ablation: the contrastive (NT-Xent) branch only.",
+UnateContrastive = _ablation("unate-contrastive", "UNATE ablation (Sole et al. 2026): the contrastive (NT-Xent) branch only.",
                              w_node=0.0, w_adj=0.0)
-UnateBarlow = _ablation("unate-barlow", "UNATE ablation: Barlow Twins in place of NT-Xent (as the seed code has it).",
+UnateBarlow = _ablation("unate-barlow", "UNATE ablation (Sole et al. 2026): Barlow Twins in place of NT-Xent (as the seed code has it).",
                         ssl="barlow")
-UnateDGI = _ablation("unate-dgi", "UNATE ablation: Deep Graph Infomax (Velickovic et al. 2019) in place of NT-Xent.",
+UnateDGI = _ablation("unate-dgi", "UNATE ablation (Sole et al. 2026): Deep Graph Infomax (Velickovic et al. 2019) in place of NT-Xent.",
                      ssl="dgi")

@@ -247,7 +247,9 @@ def load_corpus(
             lists = official_lists(task.name)
             excl_ids.setdefault(task.dataset, set()).update(lists["val"], lists["test"])
         if task.kind != "jarvis" or match_structures:
-            data = load_task(t, data_dir=None if use_sample else data_dir, on_error="skip")
+            # the bundled sample's own copy of a JARVIS task (said once by the corpus, not once per task)
+            where = ("sample" if task.kind == "jarvis" else None) if use_sample else data_dir
+            data = load_task(t, data_dir=where, on_error="skip")
             for k in ("val", "test"):
                 for i in data.splits[k]:
                     matcher.add(data.structures[i])
