@@ -159,11 +159,11 @@ def check_suite(s: Suite) -> None:
         raise SweepError(f"gpus_per_trial must be >= 0, got {s.gpus_per_trial}")
     if s.gpus_per_trial > 1 and not float(s.gpus_per_trial).is_integer():
         raise SweepError(f"gpus_per_trial {s.gpus_per_trial}: a fraction of a GPU must be below 1")
+    suite_train_options(s)
     if not s.featurizers:
         raise SweepError(f"suite {s.name or '?'}: featurizers is empty: give at least one, e.g. [onehot]")
     if len(set(s.featurizers)) != len(s.featurizers):
         raise SweepError(f"suite {s.name or '?'}: a featurizer is repeated: {','.join(s.featurizers)}")
-    suite_train_options(s)
     if len(set(s.fractions)) != len(s.fractions) or len(set(s.seeds)) != len(s.seeds):
         raise SweepError("fractions and seeds must not repeat")
     for m in s.injections:
@@ -861,15 +861,28 @@ def table_width(path: Path) -> int:
 
 def pretrain_tables(plan: SweepPlan, progress: bool = True) -> dict[str, Path]:
     """Each objective's table, pretrained once (ensure_table caches by config content), copied into
-    ``<store>/tables/`` so a store holds the records and the tables they were trained with."""
+    ``<store>/tables/`` so a store holds the records and the tables they were trained with. A table the store
+    already holds under the same content key is used as it is: a sweep resumed on another machine (whose cache
+    is empty) finds the committed table instead of pretraining for hours again."""
+    from bench.embeddings import TableError, load_table
     from bench.paths import atomic_path
-    from bench.pretrain import ensure_table
+    from bench.pretrain import ensure_table, table_path
 
     tables = {}
     for obj in plan.objectives:
+        cfg = pretrain_config(plan, obj)
+        stored = (plan.store / "tables" / table_path(cfg).name).resolve()
+        if stored.is_file():
+            try:
+                load_table(stored)
+                print(f"[sweep] table for objective {obj!r} found in the store: {stored}", file=sys.stderr)
+                tables[obj] = stored
+                continue
+            except TableError as e:
+                print(f"[sweep] stored table {stored} is unreadable ({e}); pretraining again", file=sys.stderr)
         print(f"[sweep] pretraining table for objective {obj!r} (cached when already built)", file=sys.stderr)
-        cached = Path(ensure_table(pretrain_config(plan, obj), progress=progress))
-        kept = (plan.store / "tables" / cached.name).resolve()
+        cached = Path(ensure_table(cfg, progress=progress))
+        kept = stored  # named by the content key, as the cache file
         if not kept.exists() or kept.read_bytes() != cached.read_bytes():
             with atomic_path(kept) as tmp:
                 shutil.copyfile(cached, tmp)

@@ -175,12 +175,37 @@ def test_pretrained_tables_are_kept_in_the_store(tmp_path, monkeypatch):
     cached.parent.mkdir()
     cached.write_text('{"table": {"H": [1.0, 0.0]}}')
     monkeypatch.setattr(bench.pretrain, "ensure_table", lambda cfg, progress=True: cached)
+    monkeypatch.setattr(bench.pretrain, "table_path", lambda cfg: cached)
     plan = sweep.SweepPlan(suite=sweep.load_suite("smoke"), encoders=("cgcnn",), objectives=("crysatom",),
                            controls=False, store=(tmp_path / "store").resolve())
     tables = sweep.pretrain_tables(plan, progress=False)
     kept = tmp_path / "store" / "tables" / "crysatom-abc.json"
     assert tables == {"crysatom": kept.resolve()} and kept.read_bytes() == cached.read_bytes()
     assert sweep.pretrain_tables(plan, progress=False) == tables  # idempotent
+
+
+def test_a_table_kept_in_the_store_is_used_on_a_machine_with_an_empty_cache(tmp_path, monkeypatch):
+    # the committed store travels between machines, the cache does not: no second pretraining
+    import bench.pretrain
+
+    store = (tmp_path / "store").resolve()
+    kept = store / "tables" / "crysatom-abc.json"
+    kept.parent.mkdir(parents=True)
+    kept.write_text('{"table": {"H": [1.0, 0.0]}}')
+    monkeypatch.setattr(bench.pretrain, "table_path", lambda cfg: tmp_path / "empty-cache" / "crysatom-abc.json")
+
+    def never(cfg, progress=True):
+        raise AssertionError("pretrained again although the store holds the table")
+
+    monkeypatch.setattr(bench.pretrain, "ensure_table", never)
+    plan = sweep.SweepPlan(suite=sweep.load_suite("smoke"), encoders=("cgcnn",), objectives=("crysatom",),
+                           controls=False, store=store)
+    assert sweep.pretrain_tables(plan, progress=False) == {"crysatom": kept}
+    kept.write_text("not json")  # a damaged copy is not trusted
+    monkeypatch.setattr(bench.pretrain, "ensure_table", lambda cfg, progress=True: tmp_path / "fresh.json")
+    (tmp_path / "fresh.json").write_text('{"table": {"H": [0.0, 1.0]}}')
+    assert sweep.pretrain_tables(plan, progress=False) == {"crysatom": kept}
+    assert kept.read_text() == (tmp_path / "fresh.json").read_text()
 
 
 
