@@ -1,15 +1,22 @@
-"""The committed leaderboard is exactly what its committed records render to (the records are the truth)."""
+"""The committed leaderboards are exactly what their committed records render to (the records are the truth):
+`leaderboard/` from the reference-cpu store (a sweep that grows over sessions), and the older, smaller quick-cpu
+protocol in its own store's `leaderboard/`."""
 
 from pathlib import Path
+
+import pytest
 
 from bench.leaderboard import check_leaderboard
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_committed_leaderboard_matches_committed_records():
-    store = REPO / "leaderboard" / "quick-cpu"
-    assert (store / "records").is_dir(), "the committed quick-cpu records are missing"
-    assert len(list((store / "records").glob("*.json"))) == 60
-    problems = check_leaderboard(store, REPO / "leaderboard")
+@pytest.mark.parametrize("store, out, n", [("leaderboard/reference-cpu", "leaderboard", None),
+                                           ("leaderboard/quick-cpu", "leaderboard/quick-cpu/leaderboard", 60)])
+def test_committed_leaderboard_matches_committed_records(store, out, n):
+    records = REPO / store / "records"
+    assert records.is_dir(), f"the committed {store} records are missing"
+    count = len(list(records.glob("*.json")))
+    assert count == n if n is not None else count > 0
+    problems = check_leaderboard(REPO / store, REPO / out)
     assert not problems, problems
