@@ -1,4 +1,5 @@
-"""Periodic crystal graphs for the four encoders, their on-disk cache, and DGL batching.
+"""Periodic crystal graphs for the four encoders, their on-disk cache, and batching (index tensors for
+``bench.graphops``; the DGL graphs on demand).
 
 Conventions (docs/ARCHITECTURE.md): an edge j -> i has DGL ``src = j`` and ``dst = i`` (messages aggregate at
 the centre i). ``offsets[e] = n`` is the integer lattice image of j, and
@@ -465,7 +466,8 @@ class QuotientBatch:
     ``Z``, ``n`` = class size) and one edge per bond class (edata ``d``, ``n`` = class size, ``w`` = multiplicity:
     bonds of the class entering one atom of the destination class); ``lg`` likewise over bond classes, with one
     edge per triplet class (ndata ``n``; edata ``cos``, ``n``, ``w``); ``atom_class`` (N,) maps every atom of
-    the batch to its node in ``g``. Classes never span two crystals: ``g.batch_num_nodes()`` counts per crystal."""
+    the batch to its node in ``g``. Classes never span two crystals: ``g.batch_num_nodes()`` counts per crystal.
+    ``g`` and ``lg`` are ``bench.graphops.Graph`` index views (``.dgl()`` gives the DGL graph)."""
 
     g: Any
     lg: Any
@@ -478,23 +480,53 @@ class QuotientBatch:
 
 @dataclass
 class Batch:
-    """A batch of crystal graphs: ``g`` (batched DGL graph), ``lg`` (batched line graph or None), ``y`` (B,),
-    and ``q``, the symmetry-reduced form, when collated with ``quotient=True`` (encoders that support it use it)."""
+    """A batch of crystal graphs: ``graph`` (the batched atom graph as index tensors, ``bench.graphops.Graph``:
+    ``src``, ``dst``, per-crystal counts, ndata ``Z``, edata ``r``, ``d``), ``line`` (its line graph, edata
+    ``cos``, or None), ``y`` (B,), and ``q``, the symmetry-reduced form, when collated with ``quotient=True``.
 
-    g: Any
-    lg: Any
+    ``g`` / ``lg`` are the same graphs as batched DGL graphs (built on first use, on the host, where DGL is
+    installed), so ``dgl.readout_nodes(batch.g, ...)`` etc. work; the index views need no DGL and travel to any
+    device with ``.to``. Constructing ``Batch(g, lg, ...)`` from DGL graphs converts them."""
+
+    graph: Any
+    line: Any
     y: Any
     num_graphs: int
     q: QuotientBatch | None = None
 
+    def __post_init__(self) -> None:
+        from bench.graphops import Graph
+
+        for name in ("graph", "line"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, Graph):  # a DGL graph (the documented constructor)
+                setattr(self, name, Graph.from_dgl(v))
+
+    @property
+    def g(self):
+        return _host_dgl(self.graph)
+
+    @property
+    def lg(self):
+        return None if self.line is None else _host_dgl(self.line)
+
     def to(self, device) -> "Batch":
         return Batch(
-            self.g.to(device),
-            None if self.lg is None else self.lg.to(device),
+            self.graph.to(device),
+            None if self.line is None else self.line.to(device),
             None if self.y is None else self.y.to(device),
             self.num_graphs,
             None if self.q is None else self.q.to(device),
         )
+
+
+def _host_dgl(graph):
+    """The DGL form of an index-view graph, on the host (the PyPI DGL build has no CUDA), cached on the graph."""
+    host = graph._cache.get("host")
+    if host is None:
+        host = graph.dgl() if graph.device.type == "cpu" else graph.to("cpu").dgl()
+        graph._cache["host"] = host
+    return host
 
 
 def _starts(counts, repeats) -> np.ndarray:
@@ -503,30 +535,29 @@ def _starts(counts, repeats) -> np.ndarray:
     return np.repeat(np.concatenate([[0], np.cumsum(counts)[:-1]]), repeats)
 
 
-def _dgl_batch(src: np.ndarray, dst: np.ndarray, node_counts, edge_counts):
-    """A batched DGL graph from global int64 edge arrays and the per-graph node and edge counts."""
-    import dgl
+def _index_graph(src: np.ndarray, dst: np.ndarray, node_counts, edge_counts):
+    """A batched index-view graph from global int64 edge arrays and the per-graph node and edge counts."""
     import torch
 
+    from bench.graphops import Graph
+
     node_counts = np.asarray(node_counts, dtype=np.int64)
-    g = dgl.graph((torch.from_numpy(src), torch.from_numpy(dst)), num_nodes=int(node_counts.sum()))
-    g.set_batch_num_nodes(torch.from_numpy(node_counts))
-    g.set_batch_num_edges(torch.from_numpy(np.asarray(edge_counts, dtype=np.int64)))
-    return g
+    return Graph(torch.from_numpy(np.ascontiguousarray(src, dtype=np.int64)),
+                 torch.from_numpy(np.ascontiguousarray(dst, dtype=np.int64)), int(node_counts.sum()),
+                 torch.from_numpy(node_counts), torch.from_numpy(np.asarray(edge_counts, dtype=np.int64)))
 
 
 def _batched_graph(src_parts, dst_parts, node_counts, edge_counts):
     node_base = _starts(node_counts, edge_counts)
     src = np.concatenate(src_parts).astype(np.int64) + node_base
     dst = np.concatenate(dst_parts).astype(np.int64) + node_base
-    return _dgl_batch(src, dst, node_counts, edge_counts)
+    return _index_graph(src, dst, node_counts, edge_counts)
 
 
 def collate(items: Sequence[tuple[GraphData, float | None]], quotient: bool = False) -> Batch:
-    """Batch (GraphData, target) pairs into one DGL graph (and line graph), built from concatenated arrays;
-    with ``quotient``, also the symmetry-reduced graphs (``Batch.q``).
-
-    Equivalent to ``dgl.batch([to_dgl(gd)[0] ...])`` but without building B small graphs.
+    """Batch (GraphData, target) pairs into one graph (and line graph) of index tensors, built from concatenated
+    arrays; with ``quotient``, also the symmetry-reduced graphs (``Batch.q``). No DGL is needed; ``batch.g`` is
+    the same as ``dgl.batch([to_dgl(gd)[0] ...])``.
     """
     import torch
 
@@ -586,7 +617,7 @@ def _quotient_batch(gds: Sequence[GraphData]) -> QuotientBatch:
     q_src = atom_class[(cat([gd.src for gd in gds]) + atom_base)[edge_rep]]
     q_dst = atom_class[(cat([gd.dst for gd in gds]) + atom_base)[edge_rep]]
     atom_size, edge_size = cat([q.atom_size for q in qs]), cat([q.edge_size for q in qs])
-    g = _dgl_batch(q_src, q_dst, n_acls, n_ecls)
+    g = _index_graph(q_src, q_dst, n_acls, n_ecls)
     g.ndata["Z"] = torch.from_numpy(cat([gd.numbers for gd in gds])[atom_rep])
     g.ndata["n"] = f32(atom_size)
     g.edata["d"] = f32(cat([gd.dist for gd in gds], np.float32)[edge_rep])
@@ -601,7 +632,7 @@ def _quotient_batch(gds: Sequence[GraphData]) -> QuotientBatch:
         l_src = edge_class[(cat([gd.lg_src for gd in gds]) + edge_base)[trip_rep]]
         l_dst = edge_class[(cat([gd.lg_dst for gd in gds]) + edge_base)[trip_rep]]
         trip_size = cat([q.trip_size for q in qs])
-        lg = _dgl_batch(l_src, l_dst, n_ecls, n_tcls)
+        lg = _index_graph(l_src, l_dst, n_ecls, n_tcls)
         lg.ndata["n"] = g.edata["n"]  # the line graph's nodes are the bond classes
         lg.edata["cos"] = f32(cat([gd.cos for gd in gds], np.float32)[trip_rep])
         lg.edata["n"] = f32(trip_size)

@@ -321,7 +321,7 @@ def extract_table(encoder, graphs, *, batch_size: int = 256, device=None, progre
             for idx in it:
                 b = collate([(graphs[i], None) for i in idx]).to(device)
                 h = encoder(b).node.to(torch.float64).cpu()
-                z = b.g.ndata["Z"].cpu()
+                z = b.graph.ndata["Z"].cpu()
                 if per_atom_l2:
                     h = F.normalize(h, dim=-1)
                 if sums is None:
@@ -548,12 +548,12 @@ def pretrain(config: PretrainConfig | dict, out: str | Path | None = None, progr
                                     f"({ {k: float(v) for k, v in parts.items()} }); try a smaller --lr")
             if epoch_table is not None:
                 nodes = objective.extraction_nodes
-                if nodes is None or nodes.shape[0] != b.g.num_nodes():
+                if nodes is None or nodes.shape[0] != b.graph.num_nodes():
                     raise PretrainError(
                         f"extraction 'last-batch' needs objective {c.objective!r} to set self.extraction_nodes to "
                         "the node embeddings of the clean batch in loss(); it does not: use --extraction mean or "
                         "uniform")
-                epoch_table.update(nodes, b.g.ndata["Z"])
+                epoch_table.update(nodes, b.graph.ndata["Z"])
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()

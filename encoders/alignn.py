@@ -1,7 +1,8 @@
 """ALIGNN (Choudhary & DeCost, "Atomistic Line Graph Neural Network for improved materials property
-predictions", npj Comput. Mater. 7, 185 (2021); reference code usnistgov/alignn, DGL), reimplemented in DGL.
+predictions", npj Comput. Mater. 7, 185 (2021); reference code usnistgov/alignn, DGL), reimplemented with message passing through ``bench.graphops`` (DGL's
+kernels or plain torch).
 
-Forms used (edge u -> v, DGL src = u, dst = v; in the line graph the "nodes" are g's directed edges and the
+Forms used (edge u -> v, src = u, dst = v; in the line graph the "nodes" are g's directed edges and the
 "edges" are pairs of consecutive bonds, carrying the bond-angle cosine):
 
 - RBF: exp(-gamma (x - mu_k)^2), mu = linspace(vmin, vmax, bins), gamma = 1 / spacing (not squared).
@@ -18,8 +19,8 @@ Forms used (edge u -> v, DGL src = u, dst = v; in the line graph the "nodes" are
 
 Departures: none in the function computed. Speed: the five 256x256 linears of a conv act on nodes, so A, B, D, E
 are evaluated in one GEMM (``node_linear``, weights concatenated: same count and function; the state dict differs
-from the reference, which names them separately), and message passing uses DGL's fused ``u_add_v``,
-``u_mul_e_sum`` and ``copy_e_sum`` kernels directly (no frame bookkeeping). The bond and angle features are taken
+from the reference, which names them separately), and message passing uses ``bench.graphops``' gather-add and
+gated sums (on CPU DGL's fused ``u_add_v``, ``u_mul_e_sum`` and ``copy_e_sum`` kernels, no frame bookkeeping). The bond and angle features are taken
 from the graph data (``d``, ``cos``) that the graph builder stored once, not recomputed in ``forward``. The edge
 outputs of the last line-graph conv (angles) and of the last atom-graph conv (bonds) are never used, so their
 BN + SiLU is skipped (their BatchNorm parameters remain, for parameter-count and state-dict parity).
@@ -37,11 +38,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import dgl
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bench import graphops as ops
 from bench.registry import register_encoder
 
 from .base import Encoder, EncoderOutput
@@ -61,19 +62,19 @@ class EdgeGatedGraphConv(nn.Module):
         self.bn_edges = nn.BatchNorm1d(width)
 
     def forward(
-        self, g: dgl.DGLGraph, h: torch.Tensor, e: torch.Tensor, update_edges: bool = True, quotient: bool = False
+        self, g: ops.Graph, h: torch.Tensor, e: torch.Tensor, update_edges: bool = True, quotient: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``quotient``: ``g`` is a symmetry-reduced graph (``bench.quotient``) whose ndata/edata ``n`` (class
         sizes) weight the batch norms and edata ``w`` (multiplicities) weight the two sums."""
         a, b, d, msg = self.node_linear(h).split(self.width, dim=-1)
         # m = A h_u + B h_v + C e_uv: C's bias is added per node (N rows, not E), and "+ C e" is fused into the
         # GEMM (addmm), so the per-edge work is one gather-add and one GEMM, with no extra (E, width) pass.
-        ab = dgl.ops.u_add_v(g, a + self.edge_gate.bias, b)
+        ab = ops.src_add_dst(g, a + self.edge_gate.bias, b)
         m = torch.addmm(ab, e, self.edge_gate.weight.T)
         s = torch.sigmoid(m)
         sw = s * g.edata["w"].unsqueeze(-1) if quotient else s
-        num = dgl.ops.u_mul_e_sum(g, msg, sw)
-        den = dgl.ops.copy_e_sum(g, sw)
+        num = ops.src_mul_edge_sum(g, msg, sw)
+        den = ops.sum_in(g, sw)
         h_new = h + F.silu(batch_norm(self.bn_nodes, d + num / (den + 1e-6), g.ndata["n"] if quotient else None))
         if not update_edges:  # the caller discards the edge output: skip BN + SiLU over every edge
             return h_new, None
@@ -135,7 +136,7 @@ class ALIGNN(Encoder):
     def forward(self, batch, atom_mask: torch.Tensor | None = None) -> EncoderOutput:
         # symmetry-reduced graphs when the batch has them (the same function, bench.quotient)
         q = self.reduced_graphs(batch, atom_mask)
-        g, lg = (batch.g, batch.lg) if q is None else (q.g, q.lg)
+        g, lg = (batch.graph, batch.line) if q is None else (q.g, q.lg)
         x = self.atom_input(batch, atom_mask, q)
         nw, ew = (None, None) if q is None else (g.ndata["n"], g.edata["n"])
         h = self.atom_embedding(x, nw)

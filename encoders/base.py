@@ -55,7 +55,7 @@ class Encoder(nn.Module):
         With ``reduced`` (``reduced_graphs``), one row per atom class instead."""
         if reduced is not None:
             return self.featurizer(reduced.g.ndata["Z"])
-        x = self.featurizer(batch.g.ndata["Z"])
+        x = self.featurizer(batch.graph.ndata["Z"])
         if atom_mask is not None:
             if atom_mask.shape != (x.shape[0],) or atom_mask.dtype != torch.bool:
                 raise ValueError(f"atom_mask must be a bool tensor of shape ({x.shape[0]},), got "

@@ -1,8 +1,9 @@
 """CartNet (Solé, Mosella-Montoro & Ruiz-Hidalgo, "Cartesian Encoding Graph Neural Network for Crystal
 Structures Property Prediction: Application to Thermal Ellipsoid Estimation", Digital Discovery (2025);
-reference code imatge-upc/CartNet, PyG, read at 4d9b4e2), reimplemented in DGL.
+reference code imatge-upc/CartNet, PyG, read at 4d9b4e2), reimplemented with message passing through
+``bench.graphops`` (DGL's kernels or plain torch).
 
-Forms used (edge j -> i, DGL src = j, dst = i; r_ij from j's image to i, d_ij = |r_ij|, u_ij = r_ij / d_ij):
+Forms used (edge j -> i, src = j, dst = i; r_ij from j's image to i, d_ij = |r_ij|, u_ij = r_ij / d_ij):
 
 - Radial basis (ExpNormal, K = 64): phi_k(d) = f_c(d) exp(-beta (exp(-alpha d) - mu_k)^2), alpha = 5 / r_c,
   mu = linspace(exp(-r_c), 1, K), beta = (2 (1 - exp(-r_c)) / K)^-2, cosine envelope
@@ -49,11 +50,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import dgl
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bench import graphops as ops
 from bench.config import ConfigError
 from bench.registry import register_encoder, suggest
 
@@ -81,11 +82,11 @@ class CartNetLayer(nn.Module):
         node_j = torch.cat([gj, mj], dim=-1)  # j = src
         W_edge = torch.cat([Wg[:, 2 * d :], Wm[:, 2 * d :]], dim=0)
         bias = torch.cat([self.gate1.bias, self.msg1.bias])
-        z = dgl.ops.u_add_v(g, node_j, node_i) + F.linear(e, W_edge, bias)
+        z = ops.src_add_dst(g, node_j, node_i) + F.linear(e, W_edge, bias)
         zg, zm = F.silu(z).split(d, dim=-1)
         s = envelope.unsqueeze(-1) * torch.sigmoid(self.bn_gate(self.gate2(zg)))
         m = self.msg2(zm)
-        a = dgl.ops.copy_e_sum(g, s * m)
+        a = ops.sum_in(g, s * m)
         return h + F.silu(self.bn_node(a)), e + s
 
 
@@ -145,7 +146,7 @@ class CartNet(Encoder):
         self.embedding_dim = c.dim
 
     def forward(self, batch, atom_mask: torch.Tensor | None = None) -> EncoderOutput:
-        g = batch.g
+        g = batch.graph
         x = self.atom_input(batch, atom_mask)
         inj = self.config.injection
         if inj == "encoder":
@@ -161,5 +162,5 @@ class CartNet(Encoder):
         for layer in self.layers:
             h, e = layer(g, h, e, envelope)
         per_atom = self.head2(F.silu(self.head1(h))).squeeze(-1)
-        pred = dgl.ops.segment_reduce(g.batch_num_nodes(), per_atom.unsqueeze(-1), "mean").squeeze(-1)
+        pred = ops.node_mean(g, per_atom.unsqueeze(-1)).squeeze(-1)
         return EncoderOutput(node=h, pred=pred)

@@ -1,7 +1,8 @@
 """CGCNN (Xie & Grossman, "Crystal Graph Convolutional Neural Networks for an Accurate and Interpretable
-Prediction of Material Properties", PRL 120, 145301 (2018); reference code txie-93/cgcnn), in DGL.
+Prediction of Material Properties", PRL 120, 145301 (2018); reference code txie-93/cgcnn), with message passing
+through ``bench.graphops`` (DGL's kernels or plain torch).
 
-Forms used (edge j -> i, DGL src = j, dst = i):
+Forms used (edge j -> i, src = j, dst = i):
 
 - Edge input u_ij: Gaussian exp(-(d_ij - mu_k)^2 / 0.2^2), mu = 0.0, 0.2, ..., 8.0 Å (41 centres).
 - Atom input: featurizer output (reference: the 92 CGCNN bits) -> Linear(in, 64).
@@ -29,11 +30,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import dgl
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bench import graphops as ops
 from bench.registry import register_encoder
 
 from .base import Encoder, EncoderOutput
@@ -48,16 +49,16 @@ class CGCNNConv(nn.Module):
         self.bn1 = nn.BatchNorm1d(2 * width)
         self.bn2 = nn.BatchNorm1d(width)
 
-    def forward(self, g: dgl.DGLGraph, v: torch.Tensor, u: torch.Tensor, quotient: bool = False) -> torch.Tensor:
+    def forward(self, g: ops.Graph, v: torch.Tensor, u: torch.Tensor, quotient: bool = False) -> torch.Tensor:
         """``quotient``: ``g`` is symmetry-reduced (``bench.quotient``): class sizes ``n`` weight the batch norms,
         multiplicities ``w`` the sum."""
         w, W = self.width, self.fc_full.weight
         center = v @ W[:, :w].T  # i = dst
         neigh = v @ W[:, w : 2 * w].T  # j = src
-        z = dgl.ops.u_add_v(g, neigh, center) + F.linear(u, W[:, 2 * w :], self.fc_full.bias)
+        z = ops.src_add_dst(g, neigh, center) + F.linear(u, W[:, 2 * w :], self.fc_full.bias)
         f, c = batch_norm(self.bn1, z, g.edata["n"] if quotient else None).chunk(2, dim=-1)
         m = torch.sigmoid(f) * F.softplus(c)
-        s = dgl.ops.copy_e_sum(g, m * g.edata["w"].unsqueeze(-1) if quotient else m)
+        s = ops.sum_in(g, m, g.edata["w"] if quotient else None)
         return F.softplus(v + batch_norm(self.bn2, s, g.ndata["n"] if quotient else None))
 
 
@@ -90,7 +91,7 @@ class CGCNN(Encoder):
 
     def forward(self, batch, atom_mask: torch.Tensor | None = None) -> EncoderOutput:
         q = self.reduced_graphs(batch, atom_mask)  # symmetry-reduced graphs when the batch has them
-        g = batch.g if q is None else q.g
+        g = batch.graph if q is None else q.g
         v = self.embedding(self.atom_input(batch, atom_mask, q))
         u = self.rbf(g.edata["d"])
         for conv in self.convs:

@@ -1,5 +1,5 @@
 """Shared numerics for the encoders: radial/angular basis expansions, cutoff envelopes, MLP blocks, a segment
-Set2Set, and segment helpers over batched DGL graphs.
+Set2Set, and segment helpers over batched graphs (``bench.graphops``).
 
 Basis forms (x: a distance in Å or a bond-angle cosine; mu_k: centres):
 
@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 
-import dgl
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from bench import graphops as ops
 
 LN2 = math.log(2.0)
 
@@ -104,6 +105,21 @@ def batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, weight: torch.Tensor | None 
         return bn(x)
     if bn.momentum is None or not bn.track_running_stats or not bn.affine:
         raise ValueError("weighted batch_norm supports affine BatchNorm1d with running statistics and a momentum")
+    if _autocast_on(x.device) or x.dtype != bn.running_mean.dtype:  # bf16: statistics in float32
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return _weighted_batch_norm(bn, ops.upcast(x).to(bn.running_mean.dtype), weight)
+    return _weighted_batch_norm(bn, x, weight)
+
+
+def _autocast_on(device: torch.device) -> bool:
+    try:  # torch >= 2.4
+        return torch.is_autocast_enabled(device.type)
+    except TypeError:  # torch 2.2: the no-argument form asks about CUDA only
+        return torch.is_autocast_cpu_enabled() if device.type == "cpu" else torch.is_autocast_enabled()
+
+
+def _weighted_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    weight = weight.to(x.dtype)
     total = weight.sum()
     p = weight / total
     mean = p @ x
@@ -137,10 +153,10 @@ def mean_over_atoms(batch, h: torch.Tensor, reduced=None) -> torch.Tensor:
     """Per-crystal mean of atom features (B, d). On symmetry-reduced graphs (``reduced``, one row per atom class)
     the class-size-weighted sum over classes divided by the crystal's atom count: the same mean."""
     if reduced is None:
-        return dgl.ops.segment_reduce(batch.g.batch_num_nodes(), h, "mean")
-    atoms = batch.g.batch_num_nodes().to(h.dtype).unsqueeze(-1)
+        return ops.node_mean(batch.graph, h)
+    atoms = batch.graph.batch_num_nodes().to(h.dtype).unsqueeze(-1)
     g = reduced.g
-    return dgl.ops.segment_reduce(g.batch_num_nodes(), h * g.ndata["n"].unsqueeze(-1), "sum") / atoms
+    return ops.node_sum(g, h * g.ndata["n"].unsqueeze(-1)) / atoms
 
 
 def segment_ids(counts: torch.Tensor) -> torch.Tensor:
@@ -152,6 +168,7 @@ def segment_mean(x: torch.Tensor, seg: torch.Tensor, n: int, weight: torch.Tenso
     """Mean of rows of ``x`` per segment; an empty segment gives zeros. ``weight`` (M,): row i counts
     ``weight[i]`` times (a symmetry-reduced batch, ``bench.quotient``)."""
     shape = (n,) + (1,) * (x.dim() - 1)
+    x = ops.upcast(x)  # bf16: accumulate in float32
     if weight is None:
         out = x.new_zeros((n,) + x.shape[1:]).index_add_(0, seg, x)
         return out / torch.bincount(seg, minlength=n).clamp_min(1).to(x.dtype).view(shape)
@@ -162,6 +179,7 @@ def segment_mean(x: torch.Tensor, seg: torch.Tensor, n: int, weight: torch.Tenso
 def segment_softmax(score: torch.Tensor, seg: torch.Tensor, n: int, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax of a score vector (M,) within each segment. With ``weight``, row i stands for ``weight[i]`` equal
     rows, and the result is their total share (so ``sum_seg a x`` is the full graph's attention sum)."""
+    score = ops.upcast(score)
     mx = score.new_full((n,), -torch.inf).scatter_reduce(0, seg, score, reduce="amax", include_self=True)
     ex = torch.exp(score - mx[seg])
     if weight is not None:
@@ -184,6 +202,7 @@ class Set2Set(nn.Module):
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor, n: int, weight: torch.Tensor | None = None) -> torch.Tensor:
         """``weight`` (M,): row i stands for ``weight[i]`` equal rows (a symmetry-reduced batch)."""
+        x = ops.upcast(x)  # bf16: the attention sums in float32
         L = self.lstm.num_layers
         h = (x.new_zeros(L, n, self.dim), x.new_zeros(L, n, self.dim))
         q_star = x.new_zeros(n, 2 * self.dim)
@@ -196,9 +215,9 @@ class Set2Set(nn.Module):
         return q_star
 
 
-def node_graph_ids(g: dgl.DGLGraph) -> torch.Tensor:
-    return segment_ids(g.batch_num_nodes())
+def node_graph_ids(g: ops.Graph) -> torch.Tensor:
+    return g.node_graph_ids()
 
 
-def edge_graph_ids(g: dgl.DGLGraph) -> torch.Tensor:
-    return segment_ids(g.batch_num_edges())
+def edge_graph_ids(g: ops.Graph) -> torch.Tensor:
+    return g.edge_graph_ids()

@@ -1,7 +1,8 @@
 """MEGNet (Chen, Ye, Zuo, Zheng & Ong, "Graph Networks as a Universal Machine Learning Framework for Molecules
-and Crystals", Chem. Mater. 31, 3564 (2019)); reimplemented in DGL after the DGL model of matgl (<= 2.0).
+and Crystals", Chem. Mater. 31, 3564 (2019)); reimplemented after the DGL model of matgl (<= 2.0), with message
+passing through ``bench.graphops`` (DGL's kernels or plain torch).
 
-Forms used (edge j -> i, DGL src = j, dst = i; B graphs; state u is per graph):
+Forms used (edge j -> i, src = j, dst = i; B graphs; state u is per graph):
 
 - Edge input: Gaussian exp(-0.5 (d - mu_k)^2), mu = linspace(0, 5, 100) Å. This is matgl's exact expression
   (``GaussianExpansion``: ``exp(-width * (d - mu)^2)`` with width = 0.5); the Keras original used
@@ -48,15 +49,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import dgl
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bench import graphops as ops
 from bench.registry import register_encoder
 
 from .base import Encoder, EncoderOutput
-from .layers import Set2Set, SoftPlus2MLP, megnet_basis, segment_ids, segment_mean, softplus2
+from .layers import Set2Set, SoftPlus2MLP, megnet_basis, segment_mean, softplus2
 
 
 class MEGNetConv(nn.Module):
@@ -75,16 +76,13 @@ class MEGNetConv(nn.Module):
         per_node_src = v @ W[:, :w].T
         per_node_dst = v @ W[:, w : 2 * w].T
         per_graph = u @ W[:, 3 * w :].T
-        z = dgl.ops.u_add_v(g, per_node_src, per_node_dst) + F.linear(e, W[:, 2 * w : 3 * w], first.bias)
+        z = ops.src_add_dst(g, per_node_src, per_node_dst) + F.linear(e, W[:, 2 * w : 3 * w], first.bias)
         z = softplus2(z + per_graph[edge_seg])
         for layer in self.edge_mlp.layers[1:]:
             z = softplus2(layer(z))
         e_new = z
-        if quotient:  # sum of multiplicity-weighted edges / in-degree (the multiplicities add up to it)
-            mult = g.edata["w"].unsqueeze(-1)
-            e_mean = dgl.ops.copy_e_sum(g, e_new * mult) / dgl.ops.copy_e_sum(g, mult).clamp_min(1.0)
-        else:
-            e_mean = dgl.ops.copy_e_mean(g, e_new)
+        # quotient: sum of multiplicity-weighted edges / in-degree (the multiplicities add up to it)
+        e_mean = ops.mean_in(g, e_new, g.edata["w"] if quotient else None)
         v_new = self.node_mlp(torch.cat([v, e_mean, u[node_seg]], dim=-1))
         B = u.shape[0]
         nw, ew = (g.ndata["n"], g.edata["n"]) if quotient else (None, None)
@@ -157,10 +155,10 @@ class MEGNet(Encoder):
 
     def forward(self, batch, atom_mask: torch.Tensor | None = None) -> EncoderOutput:
         q = self.reduced_graphs(batch, atom_mask)  # symmetry-reduced graphs when the batch has them
-        g = batch.g if q is None else q.g
+        g = batch.graph if q is None else q.g
         B = g.batch_size
-        node_seg = segment_ids(g.batch_num_nodes())
-        edge_seg = segment_ids(g.batch_num_edges())
+        node_seg = g.node_graph_ids()
+        edge_seg = g.edge_graph_ids()
         v = self.node_encoder(self.atom_input(batch, atom_mask, q))
         e = self.edge_encoder(self.rbf(g.edata["d"]))
         u = self.state_encoder(v.new_zeros(B, self.config.state_dim))

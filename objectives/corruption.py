@@ -9,6 +9,9 @@ Line graphs (ALIGNN): a line-graph node is an edge of ``g`` (in ``g``'s edge ord
 joins two edges sharing an atom. Dropping edges of ``g`` therefore drops exactly the matching line-graph nodes
 (and the line-graph edges touching them); the remaining line graph is the line graph of the remaining ``g``,
 in the same edge order. ``drop_edges`` does that, so line-graph encoders work unchanged.
+
+Everything here works on the batch's index-view graphs (``batch.graph``, ``batch.line``: ``bench.graphops.Graph``),
+so it needs no DGL and runs on any device.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def mask_atoms(
     count to at least one (per crystal when ``per_graph``).
     """
     _check_rate(rate, "mask rate")
-    g = batch.g
+    g = batch.graph
     n_total = g.num_nodes()
     mask = np.zeros(n_total, dtype=bool)
     if per_graph:
@@ -69,28 +72,28 @@ def mask_atoms(
 
 def with_atomic_numbers(batch, atom_mask: torch.Tensor, token: int = 0):
     """A view of ``batch`` whose masked atoms carry atomic number ``token`` (0: the mask row of a table)."""
-    g = batch.g.local_var()  # shares structure; feature writes stay local to this view
+    g = batch.graph.local_var()  # shares structure; feature writes stay local to this view
     z = g.ndata["Z"].clone()
     z[atom_mask] = token
     g.ndata["Z"] = z
-    return _replace(batch, g=g)
+    return _replace(batch, graph=g)
 
 
 def with_permuted_atoms(batch, rng: np.random.Generator):
     """A view of ``batch`` whose atomic numbers are a random permutation of the batch's (the graph and geometry
     unchanged): the corruption of Deep Graph Infomax (Velickovic et al., ICLR 2019), row-shuffled node inputs."""
-    g = batch.g.local_var()
+    g = batch.graph.local_var()
     z = g.ndata["Z"]
     perm = torch.from_numpy(rng.permutation(z.shape[0])).to(z.device)
     g.ndata["Z"] = z[perm]
-    return _replace(batch, g=g)
+    return _replace(batch, graph=g)
 
 
 def choose_edges(batch, rate: float, rng: np.random.Generator, *, per_node: bool = False) -> np.ndarray:
     """Edge ids to drop. ``per_node=False``: round(rate * E) edges of the batch uniformly;
     ``per_node=True``: round(rate * deg) of each atom's incoming (neighbour) edges."""
     _check_rate(rate, "edge drop rate")
-    g = batch.g
+    g = batch.graph
     e = g.num_edges()
     if e == 0 or rate == 0.0:
         return np.zeros(0, dtype=np.int64)
@@ -111,36 +114,33 @@ def choose_edges(batch, rate: float, rng: np.random.Generator, *, per_node: bool
 def drop_edges(batch, rate: float, rng: np.random.Generator, *, per_node: bool = False):
     """A view of ``batch`` without the chosen edges (see ``choose_edges``); the line graph, if any, loses the
     matching nodes so it stays the line graph of the remaining edges. Batch membership is preserved."""
-    import dgl
-
     eids = choose_edges(batch, rate, rng, per_node=per_node)
     if len(eids) == 0:
         return batch
-    ids = torch.from_numpy(eids).to(batch.g.device)
-    g = dgl.remove_edges(batch.g, ids)
-    changes = {"g": g}
-    lg = getattr(batch, "lg", None)
+    ids = torch.from_numpy(eids).to(batch.graph.device)
+    changes = {"graph": batch.graph.remove_edges(ids)}
+    lg = getattr(batch, "line", None)
     if lg is not None:
-        if lg.num_nodes() != batch.g.num_edges():
+        if lg.num_nodes() != batch.graph.num_edges():
             raise ValueError(
-                f"drop_edges: the line graph has {lg.num_nodes()} nodes but the graph has {batch.g.num_edges()} "
-                "edges; cannot drop edges consistently"
+                f"drop_edges: the line graph has {lg.num_nodes()} nodes but the graph has "
+                f"{batch.graph.num_edges()} edges; cannot drop edges consistently"
             )
-        changes["lg"] = dgl.remove_nodes(lg, ids)
+        changes["line"] = lg.remove_nodes(ids)
     return _replace(batch, **changes)
 
 
 def concat_batches(*batches):
     """One batch holding the crystals of several (e.g. two corrupted views encoded in one pass, so BatchNorm
     sees both, as the UNATE reference does); crystals keep their order, first batch first."""
-    import dgl
+    from bench.graphops import Graph
 
     first = batches[0]
-    g = dgl.batch([b.g for b in batches])
-    lgs = [getattr(b, "lg", None) for b in batches]
+    g = Graph.batch([b.graph for b in batches])
+    lgs = [getattr(b, "line", None) for b in batches]
     if any(x is not None for x in lgs) and not all(x is not None for x in lgs):
         raise ValueError("concat_batches: some batches have a line graph and some do not")
-    lg = dgl.batch(lgs) if lgs[0] is not None else None
+    lg = Graph.batch(lgs) if lgs[0] is not None else None
     ys = [getattr(b, "y", None) for b in batches]
-    y = None if any(v is None for v in ys) else __import__("torch").cat(ys)
-    return _replace(first, g=g, lg=lg, y=y, num_graphs=sum(b.num_graphs for b in batches))
+    y = None if any(v is None for v in ys) else torch.cat(ys)
+    return _replace(first, graph=g, line=lg, y=y, num_graphs=sum(b.num_graphs for b in batches))

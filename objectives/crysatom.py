@@ -116,7 +116,7 @@ class CrysAtom(Objective):
 
     def loss(self, encoder, batch) -> dict[str, torch.Tensor]:
         c = self.config
-        g = batch.g
+        g = batch.graph
         n = g.batch_num_nodes()
         src, dst = g.edges()
         h = encoder(batch).node

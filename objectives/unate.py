@@ -185,7 +185,7 @@ class Unate(Objective):
 
     def loss(self, encoder, batch) -> dict[str, torch.Tensor]:
         c = self.config
-        g = batch.g
+        g = batch.graph
         z_clean = g.ndata["Z"]
         src, dst = g.edges()
         n = g.batch_num_nodes()
