@@ -39,11 +39,11 @@ RUN_ID_LENGTH = 20
 STATUSES = ("ok", "failed")
 # Training settings that change how the same function is evaluated (float rounding only, like the device), not
 # the protocol: left out of a run's identity and of the leaderboard's protocol grouping.
-EVALUATION_ONLY_SETTINGS = ("symmetry_reduce",)
+EVALUATION_ONLY_SETTINGS = ("symmetry_reduce", "message_passing")
 # Training settings added after schema 1, with the value that reproduces what runs did before they existed: at
 # that value they are left out of a run's identity and of the protocol grouping, so adding a setting does not
 # change the run id of every earlier record (and a sweep in progress keeps pooling with its older records).
-SETTINGS_ADDED_AT_DEFAULT: dict[str, Any] = {"lr_milestones": [], "lr_gamma": 0.1}
+SETTINGS_ADDED_AT_DEFAULT: dict[str, Any] = {"lr_milestones": [], "lr_gamma": 0.1, "precision": "fp32"}
 
 
 def identity_settings(settings: dict[str, Any]) -> dict[str, Any]:

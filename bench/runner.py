@@ -440,4 +440,7 @@ def _train(p: Prepared, data, base: dict, t0: float) -> dict:
         "curve": {"train_loss": res.train_loss, "val_mae": res.val_curve, "epoch_time_s": res.epoch_time_s,
                   "lr": res.lr},
         "symmetry_reduction": res.extra.get("symmetry_reduction"),
+        # the kernels that ran (bench.graphops; train_settings.message_passing is what was asked for)
+        "message_passing": res.extra.get("message_passing"),
+        "precision": res.extra.get("precision"),
     }

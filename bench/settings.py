@@ -34,11 +34,19 @@ class TrainSettings:
     # Evaluate on symmetry-reduced graphs where the encoder supports it (bench.quotient): the same function,
     # equal up to float rounding, several times less work on crystals. Not part of a run's identity.
     symmetry_reduce: bool = True
+    # Message-passing kernels (bench.graphops): auto = DGL's on CPU where dgl imports, plain torch elsewhere;
+    # dgl | torch force one. The same function (float rounding only): not part of a run's identity.
+    message_passing: str = "auto"
+    # fp32, or bf16 autocast (bench.train) for the forward pass and the loss: changes the numbers, so it is part
+    # of a run's identity (at fp32, its default, it stays out: earlier records keep their run ids).
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for key, allowed in (("optimizer", ("sgd", "adam", "adamw")),
                              ("scheduler", ("onecycle", "cosine", "step", "none")),
-                             ("loss", ("mse", "l1"))):
+                             ("loss", ("mse", "l1")),
+                             ("message_passing", ("auto", "dgl", "torch")),
+                             ("precision", ("fp32", "bf16"))):
             v = getattr(self, key)
             if v not in allowed:
                 raise ConfigError(f"TrainSettings.{key}: " + suggest(v, list(allowed), key))

@@ -15,7 +15,12 @@ MSE or L1.
 Determinism: for a fixed seed on CPU two runs give bit-identical numbers (python, numpy and torch are seeded,
 the shuffle uses its own seeded generator, data loading runs in-process, and
 ``torch.use_deterministic_algorithms`` is on for the duration of the loop; DGL's CPU kernels are deterministic).
-On CUDA, DGL's scatter-add kernels use atomics, so GPU runs are reproducible only up to float rounding.
+On CUDA, scatter-adds use atomics, so GPU runs are reproducible only up to float rounding.
+
+Message passing (``TrainSettings.message_passing``, bench/graphops.py): DGL's kernels on CPU where dgl imports,
+plain torch on a GPU and wherever dgl is absent; the record says which ran. ``precision: bf16`` runs the forward
+pass and the loss under ``torch.autocast`` with bfloat16 (Micikevicius et al., "Mixed Precision Training", ICLR
+2018; bfloat16 needs no loss scaling), parameters, optimiser state and the selection metric staying float32.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench import graphops
 from bench.graphs import collate, collate_quotient
 
 
@@ -89,6 +95,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    """The forward-pass context of ``precision``: ``fp32`` none, ``bf16`` ``torch.autocast`` to bfloat16."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise TrainingError(f"precision must be fp32 or bf16, got {precision!r}")
 
 
 @contextlib.contextmanager
@@ -185,7 +200,8 @@ def uses_quotient(encoder: nn.Module, settings: Any = None) -> bool:
 
 @torch.no_grad()
 def predict(encoder: nn.Module, split: Split, device: torch.device, batch_size: int = 64,
-            mean: float = 0.0, std: float = 1.0, quotient: bool | None = None) -> np.ndarray:
+            mean: float = 0.0, std: float = 1.0, quotient: bool | None = None,
+            precision: str = "fp32") -> np.ndarray:
     """Predictions in the task's unit (de-standardised with ``mean`` and ``std``), in split order.
     ``quotient``: symmetry-reduced batches (default: whenever the encoder supports them)."""
     was_training = encoder.training
@@ -195,7 +211,8 @@ def predict(encoder: nn.Module, split: Split, device: torch.device, batch_size: 
         quotient = uses_quotient(encoder)
     try:
         for batch in _loader(split, None, batch_size, shuffle=False, quotient=quotient):
-            pred = encoder(batch.to(device)).pred
+            with autocast(device, precision):
+                pred = encoder(batch.to(device)).pred
             out.append(pred.detach().double().cpu().numpy().reshape(-1))
     finally:
         encoder.train(was_training)
@@ -246,6 +263,9 @@ def train_supervised(
     gen = torch.Generator()
     gen.manual_seed(int(seed))
     quotient = uses_quotient(encoder, settings)
+    precision = str(_setting(settings, "precision", "fp32"))
+    mp_setting = str(_setting(settings, "message_passing", "auto"))
+    message_passing = graphops.resolve(device, mp_setting)  # recorded; raises early if 'dgl' cannot import
     symmetry = None
     if quotient:  # classes computed once per graph here (memoised), reported in the record
         from bench.quotient import quotient_of, reduction
@@ -269,15 +289,16 @@ def train_supervised(
 
         bar = tqdm(total=epochs, desc=desc, unit="epoch", file=sys.stderr, leave=False, dynamic_ncols=True)
     try:
-        with deterministic(device):
+        with deterministic(device), graphops.use_implementation(mp_setting):
             for epoch in range(1, epochs + 1):
                 te = time.perf_counter()
                 encoder.train()
                 total, count = 0.0, 0
                 for batch in loader:
                     batch = batch.to(device)
-                    pred = encoder(batch).pred
-                    loss = loss_fn(pred.reshape(-1), batch.y)
+                    with autocast(device, precision):
+                        pred = encoder(batch).pred
+                        loss = loss_fn(pred.reshape(-1).float(), batch.y)
                     if not torch.isfinite(loss):
                         raise TrainingError(f"the training loss became {loss.item()} at epoch {epoch}; lower lr?")
                     opt.zero_grad(set_to_none=True)
@@ -289,7 +310,7 @@ def train_supervised(
                     count += batch.num_graphs
                 if sched is not None and sched_every == "epoch":
                     sched.step()
-                val_pred = predict(encoder, val_data, device, eval_bs, mean, std, quotient)
+                val_pred = predict(encoder, val_data, device, eval_bs, mean, std, quotient, precision)
                 val_mae = float(np.mean(np.abs(val_pred - val_data.targets)))
                 if not math.isfinite(val_mae):
                     raise TrainingError(f"validation MAE became {val_mae} at epoch {epoch}")
@@ -307,7 +328,7 @@ def train_supervised(
                     bar.set_postfix(loss=f"{train_loss[-1]:.4g}", val_mae=f"{val_mae:.4g}", best=best_epoch)
             assert best_state is not None
             encoder.load_state_dict(best_state)
-            test_pred = predict(encoder, test_data, device, eval_bs, mean, std, quotient)
+            test_pred = predict(encoder, test_data, device, eval_bs, mean, std, quotient, precision)
     finally:
         if bar is not None:
             bar.close()
@@ -330,5 +351,5 @@ def train_supervised(
         n_params=n_params,
         n_params_total=n_total,
         wall_time_s=time.perf_counter() - t0,
-        extra={"symmetry_reduction": symmetry},
+        extra={"symmetry_reduction": symmetry, "message_passing": message_passing, "precision": precision},
     )

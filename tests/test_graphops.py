@@ -6,6 +6,11 @@ the torch implementation is used (or when dgl is absent, as on Python 3.13)."""
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +23,7 @@ from bench.graphs import Batch, QuotientBatch, build_graph, collate
 from bench.registry import ENCODERS
 from fixture_data import load_fixture_structures
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"cgcnn": {}, "alignn": {"hidden": 24, "embedding_features": 8, "alignn_layers": 2, "gcn_layers": 2},
          "megnet": {}, "cartnet": {"dim": 32, "layers": 2}}
 needs_dgl = pytest.mark.skipif(not ops.dgl_available(), reason="dgl is not importable here")
@@ -162,3 +168,53 @@ def test_every_encoder_is_the_same_function_in_both_implementations(name, reduce
     for k in a:
         scale = float(a[k].abs().max()) + 1e-12
         assert torch.allclose(a[k], b[k], rtol=1e-9, atol=1e-10 * scale), (name, reduced, k)
+
+
+# ---- no dgl unless it is used ------------------------------------------------------------------------------
+_TRAIN_ONE_EPOCH = """
+    import sys
+    sys.path.insert(0, {tests!r})
+    {block}
+    import numpy as np
+    import bench
+    from bench import graphops
+    from bench.encoders import build_encoder
+    from bench.featurizers import build_featurizer
+    from bench.graphs import build_graph, collate
+    from bench.settings import TrainSettings
+    from bench.train import Split, train_supervised
+    from fixture_data import load_fixture_structures
+    from bench.objectives.corruption import concat_batches, drop_edges, mask_atoms
+
+    rows = load_fixture_structures()[:12]
+    graphs = [build_graph(s, "cgcnn") for s, _ in rows]
+    y = np.array([r["formation_energy_peratom"] for _, r in rows])
+    ids = [s.id for s, _ in rows]
+    split = lambda a, b: Split(graphs[a:b], y[a:b], ids[a:b])
+    enc = build_encoder("cgcnn", build_featurizer("onehot"))
+    res = train_supervised(enc, split(0, 8), split(8, 10), split(10, 12),
+                           TrainSettings(epochs=1, batch_size=4, message_passing={setting!r}), seed=0, progress=False)
+    graphops.set_implementation({setting!r})
+    b = collate([(g, 0.0) for g in graphs[:4]], quotient=True)
+    view = drop_edges(b, 0.1, np.random.default_rng(0))
+    both = concat_batches(b, view)
+    enc(both, mask_atoms(both, 0.1, np.random.default_rng(0))).pred.sum().backward()
+    assert res.extra["message_passing"] == "torch", res.extra
+    assert "dgl" not in sys.modules or sys.modules["dgl"] is None, "dgl was imported"
+    print("ok", res.val_mae)
+"""
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=env)
+
+
+@pytest.mark.parametrize("case", ["torch-forced", "dgl-absent"])
+def test_nothing_imports_dgl_when_the_torch_implementation_is_used(case):
+    block = 'sys.modules["dgl"] = None  # import dgl now fails, as where no wheel installs' if case == "dgl-absent" else ""
+    setting = "torch" if case == "torch-forced" else "auto"
+    code = textwrap.dedent(_TRAIN_ONE_EPOCH).format(tests=str(ROOT / "tests"), block=block, setting=setting)
+    out = _run(code)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

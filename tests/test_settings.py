@@ -78,3 +78,16 @@ def test_the_grid_runs_seed_by_seed(tmp_path):
     assert {c["seed"] for c in first} == {0}
     assert {(c["task"], c["fraction"], c["features"]) for c in first} == {
         (t, f, x) for t in suite.tasks for f in suite.fractions for x in suite.featurizers}
+
+
+def test_message_passing_is_evaluation_only_and_precision_joins_the_identity_away_from_fp32():
+    from bench.records import EVALUATION_ONLY_SETTINGS
+
+    assert "message_passing" in EVALUATION_ONLY_SETTINGS and SETTINGS_ADDED_AT_DEFAULT["precision"] == "fp32"
+    assert identity_settings({"lr": 0.01, "message_passing": "torch", "precision": "fp32"}) == {"lr": 0.01}
+    assert identity_settings({"lr": 0.01, "message_passing": "dgl", "precision": "bf16"}) == {
+        "lr": 0.01, "precision": "bf16"}
+    with pytest.raises(Exception, match="Did you mean 'torch'"):
+        TrainSettings(message_passing="troch")
+    with pytest.raises(Exception, match="precision"):
+        TrainSettings(precision="fp16")

@@ -221,3 +221,35 @@ def test_progress_bar_shows_loss_and_val_mae(splits, capsys):
     train_supervised(small_cgcnn(), train, val, test, settings(epochs=2), seed=0, progress=True, desc="cgcnn-test")
     err = capsys.readouterr().err
     assert "cgcnn-test" in err and "val_mae=" in err and "loss=" in err
+
+
+def test_both_message_passing_implementations_train_to_the_same_numbers(splits):
+    """message_passing=torch (the GPU / no-DGL path) trains as DGL's kernels do, to float rounding; the record
+    side says which ran."""
+    from bench import graphops
+
+    train, val, test = splits
+    impls = ["torch"] + (["dgl"] if graphops.dgl_available() else [])
+    res = {m: train_supervised(small_cgcnn(), train, val, test, settings(epochs=2, message_passing=m), seed=0,
+                               progress=False) for m in impls}
+    assert res["torch"].extra["message_passing"] == "torch"
+    if "dgl" in res:
+        assert res["dgl"].extra["message_passing"] == "dgl"
+        np.testing.assert_allclose(res["torch"].train_loss, res["dgl"].train_loss, rtol=1e-4)
+        np.testing.assert_allclose(res["torch"].val_curve, res["dgl"].val_curve, rtol=1e-4)
+
+
+def test_bf16_precision_trains_and_is_recorded_and_identified(tmp_path):
+    fp = run_one(dict(BASE, epochs=2))
+    bf = run_one(dict(BASE, epochs=2, train_options={**BASE["train_options"], "precision": "bf16"}))
+    validate_record(bf)
+    assert fp["precision"] == "fp32" and bf["precision"] == "bf16"
+    assert bf["train_settings"]["precision"] == "bf16" and np.isfinite(bf["val_mae"])
+    assert bf["run_id"] != fp["run_id"]  # it changes the numbers: part of the identity
+    assert "precision" not in fp["identity"]["train_settings"]  # at fp32, as records made before it existed
+    assert bf["identity"]["train_settings"]["precision"] == "bf16"
+    # message_passing is how the same function is evaluated: recorded, never part of the identity
+    forced = run_one(dict(BASE, epochs=2, train_options={**BASE["train_options"], "message_passing": "torch"}))
+    assert forced["message_passing"] == "torch" and forced["train_settings"]["message_passing"] == "torch"
+    assert forced["run_id"] == fp["run_id"]
+    assert abs(forced["val_mae"] - fp["val_mae"]) < 1e-4 * max(1.0, fp["val_mae"])
