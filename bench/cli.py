@@ -53,9 +53,21 @@ def early_names(args: argparse.Namespace) -> list[tuple[str, str]]:
     return out
 
 
+def _suggest_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A mistyped command gets argparse's usage line plus "did you mean" (argparse only lists the choices)."""
+    rest = list(argv)
+    while rest and rest[0].startswith("-"):  # global options (--plugin X) come before the command
+        rest = rest[2:] if rest[0] == "--plugin" else rest[1:]
+    if rest and rest[0] not in COMMANDS:
+        from bench.registry import suggest
+
+        parser.error(suggest(rest[0], list(COMMANDS), "command"))
+
+
 def main(argv: list[str] | None = None) -> int:
     # Parse first: --help and argument errors answer before anything heavy (torch, DGL, Ray) is imported.
     parser = build_parser()
+    _suggest_command(parser, sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
 
     from bench.config import ConfigError

@@ -198,3 +198,15 @@ def test_jarvis_download_chatter_is_not_printed(tmp_path, capsys, monkeypatch):
     with pytest.raises(TaskError, match="no route to host"):  # real errors still reach the user
         tj._jarvis_rows("dft_3d", tmp_path / "jdft_3d-8-18-2021.json.zip")
     assert "Obtaining" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, close", [(["trian"], "'train'"), (["--plugin", "x.py", "lst"], "'list'"),
+                                         (["leaderbord", "--store", "s"], "'leaderboard'")])
+def test_a_mistyped_command_gets_did_you_mean(argv, close, capsys):
+    from bench.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"Did you mean {close}" in err and "Available:" in err
