@@ -96,11 +96,11 @@ def _transformed(structs, kind):
 
 
 def _snapshot(batch):
-    g = batch.g
+    g = batch.graph
     snap = {("n", k): v.clone() for k, v in g.ndata.items()}
     snap.update({("e", k): v.clone() for k, v in g.edata.items()})
-    if batch.lg is not None:
-        snap.update({("lg", k): v.clone() for k, v in batch.lg.edata.items()})
+    if batch.line is not None:
+        snap.update({("lg", k): v.clone() for k, v in batch.line.edata.items()})
     return snap
 
 
@@ -114,7 +114,7 @@ def _same_snapshot(batch, snap):
 def test_encoder_contract(name, spec, structures, table_path):
     cls = ENCODERS.get(name)
     batch = _batch(structures, cls.graph_spec)
-    B, N = len(structures), batch.g.num_nodes()
+    B, N = len(structures), batch.graph.num_nodes()
     model = _model(name, spec, table_path)
     snap = _snapshot(batch)
 
@@ -367,7 +367,7 @@ def test_cartnet_injection_modes(structures, tmp_path, injection):
     batch = _batch(structures[:3], "cartnet")
     with torch.no_grad():
         h0 = model(batch).node
-        x = feat(batch.g.ndata["Z"])
+        x = feat(batch.graph.ndata["Z"])
         F = torch.nn.functional
         if injection == "encoder":
             want = F.silu(model.atom_encoder(F.silu(x + model.atom_bias)))

@@ -17,6 +17,9 @@ from bench import graphs as G
 from bench.registry import GRAPH_SPECS, RegistryError
 from bench.structures import Structure, StructureError
 from fixture_data import load_fixture_structures
+from bench.graphops import dgl_available
+
+needs_dgl = pytest.mark.skipif(not dgl_available(), reason="dgl is not importable here (the DGL-free stack)")
 
 SPECS = ("cgcnn", "alignn", "megnet", "cartnet")
 
@@ -257,6 +260,7 @@ def test_alignn_undirected_and_grows_cutoff():
         assert np.all(np.bincount(g.dst, minlength=s.num_atoms) >= 12)
 
 
+@needs_dgl
 def test_isolated_atom_in_radius_graph():
     # two atoms 2 Å apart and a third far from both (and from its own images, 20 Å cell)
     s = Structure(np.eye(3) * 20.0, [[0, 0, 0], [0.1, 0, 0], [0.5, 0.5, 0.5]], [6, 8, 1], id="iso")
@@ -286,6 +290,7 @@ def test_bad_input_is_a_clear_error():
 
 
 # ---- DGL conversion and batching ---------------------------------------------------------------------------
+@needs_dgl
 def test_to_dgl_and_collate_match_dgl_batch(fixture_structures):
     import dgl
     import torch
@@ -305,6 +310,10 @@ def test_to_dgl_and_collate_match_dgl_batch(fixture_structures):
     assert batch.g.edata["d"].dtype == torch.float32
     assert torch.equal(batch.lg.edata["cos"], ref_lg.edata["cos"])
     assert batch.lg.num_nodes() == batch.g.num_edges()
+    # the index views hold the same graphs (what the encoders read; they need no DGL)
+    for mine, ref in ((batch.graph, batch.g), (batch.line, batch.lg)):
+        assert all(torch.equal(a, b) for a, b in zip(mine.edges(), ref.edges()))
+        assert mine.ndata.keys() == ref.ndata.keys() and mine.edata.keys() == ref.edata.keys()
     # readout over the batch: mean Z per structure
     batch.g.ndata["z"] = batch.g.ndata["Z"].float()
     got = dgl.readout_nodes(batch.g, "z", op="mean")
@@ -325,7 +334,7 @@ def test_collate_with_edgeless_graph():
     lone = G.build_graph(Structure(np.eye(3) * 10, [[0, 0, 0]], [1], id="lone"), "megnet")
     other = G.build_graph(Structure(np.eye(3) * 3, [[0, 0, 0]], [3], id="li"), "megnet")
     b = G.collate([(lone, 1.0), (other, 2.0)])
-    assert b.g.batch_num_edges().tolist() == [0, 6] and b.g.batch_num_nodes().tolist() == [1, 1]
+    assert b.graph.batch_num_edges().tolist() == [0, 6] and b.graph.batch_num_nodes().tolist() == [1, 1]
 
 
 # ---- cache -------------------------------------------------------------------------------------------------
@@ -533,6 +542,7 @@ def test_extremely_skewed_cell_matches_brute_force():
         assert _edges_of(G.build_graph(s, name, dense_limit=0)) == _edges_of(gd)
 
 
+@needs_dgl
 def test_dgl_graphs_do_not_share_memory_with_graph_data(fixture_structures):
     gd = G.build_graph(fixture_structures[0], "alignn")
     before = (gd.numbers.copy(), gd.vec.copy(), gd.cos.copy())
@@ -541,8 +551,8 @@ def test_dgl_graphs_do_not_share_memory_with_graph_data(fixture_structures):
     g.edata["r"] *= 0
     lg.edata["cos"] *= 0
     b = G.collate([(gd, 1.0)])
-    b.g.ndata["Z"][:] = 0
-    b.g.edata["r"] *= 0
+    b.graph.ndata["Z"][:] = 0
+    b.graph.edata["r"] *= 0
     for x, y in zip(before, (gd.numbers, gd.vec, gd.cos)):
         np.testing.assert_array_equal(x, y)
 

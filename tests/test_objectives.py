@@ -39,8 +39,8 @@ def sample_structures():
 
 def _targets(structure, spec, max_count=5):
     b = collate([(build_graph(structure, spec), None)])
-    src, dst = b.g.edges()
-    return adjacency_targets(src, dst, b.g.batch_num_nodes(), max_count).tolist()
+    src, dst = b.graph.edges()
+    return adjacency_targets(src, dst, b.graph.batch_num_nodes(), max_count).tolist()
 
 
 # ---- adjacency multiplicity targets, counted by hand ------------------------------------------------------
@@ -75,7 +75,7 @@ def cartnet_batch(sample_structures):
 
 
 def test_mask_atoms_batch_fraction(cartnet_batch):
-    n = cartnet_batch.g.num_nodes()
+    n = cartnet_batch.graph.num_nodes()
     for seed in range(3):
         m = mask_atoms(cartnet_batch, 0.1, np.random.default_rng(seed))
         assert m.dtype == torch.bool and m.shape == (n,)
@@ -87,7 +87,7 @@ def test_mask_atoms_batch_fraction(cartnet_batch):
 
 
 def test_mask_atoms_per_graph_at_least_one(cartnet_batch):
-    counts = cartnet_batch.g.batch_num_nodes().tolist()
+    counts = cartnet_batch.graph.batch_num_nodes().tolist()
     m = mask_atoms(cartnet_batch, 0.1, np.random.default_rng(0), per_graph=True, at_least_one=True)
     start = 0
     for n in counts:
@@ -98,28 +98,28 @@ def test_mask_atoms_per_graph_at_least_one(cartnet_batch):
 
 
 def test_with_atomic_numbers_leaves_clean_batch_alone(cartnet_batch):
-    z0 = cartnet_batch.g.ndata["Z"].clone()
+    z0 = cartnet_batch.graph.ndata["Z"].clone()
     m = mask_atoms(cartnet_batch, 0.3, np.random.default_rng(0))
     view = with_atomic_numbers(cartnet_batch, m, 0)
-    assert torch.equal(cartnet_batch.g.ndata["Z"], z0)
-    assert (view.g.ndata["Z"][m] == 0).all() and torch.equal(view.g.ndata["Z"][~m], z0[~m])
+    assert torch.equal(cartnet_batch.graph.ndata["Z"], z0)
+    assert (view.graph.ndata["Z"][m] == 0).all() and torch.equal(view.graph.ndata["Z"][~m], z0[~m])
 
 
 def test_drop_edges_fraction_and_batch_membership(cartnet_batch):
-    g = cartnet_batch.g
+    g = cartnet_batch.graph
     e = g.num_edges()
     view = drop_edges(cartnet_batch, 0.1, np.random.default_rng(0))
-    assert view.g.num_edges() == e - round(0.1 * e)
-    assert view.g.batch_size == g.batch_size and torch.equal(view.g.batch_num_nodes(), g.batch_num_nodes())
-    assert int(view.g.batch_num_edges().sum()) == view.g.num_edges()
+    assert view.graph.num_edges() == e - round(0.1 * e)
+    assert view.graph.batch_size == g.batch_size and torch.equal(view.graph.batch_num_nodes(), g.batch_num_nodes())
+    assert int(view.graph.batch_num_edges().sum()) == view.graph.num_edges()
     assert g.num_edges() == e  # the clean batch keeps every edge
     # the remaining edges keep their own distances
     kept = np.setdiff1d(np.arange(e), choose_edges(cartnet_batch, 0.1, np.random.default_rng(0)))
-    assert torch.equal(view.g.edata["d"], g.edata["d"][torch.from_numpy(kept)])
+    assert torch.equal(view.graph.edata["d"], g.edata["d"][torch.from_numpy(kept)])
 
 
 def test_drop_edges_per_node(cartnet_batch):
-    g = cartnet_batch.g
+    g = cartnet_batch.graph
     dst = g.edges()[1].numpy()
     dropped = choose_edges(cartnet_batch, 0.1, np.random.default_rng(0), per_node=True)
     deg = np.bincount(dst, minlength=g.num_nodes())
@@ -135,14 +135,14 @@ def test_drop_edges_keeps_alignn_line_graph_consistent(sample_structures):
     gs = load_graphs(structs[:6], "alignn", key=key, progress=False)
     b = collate([(g, None) for g in gs])
     v = drop_edges(b, 0.1, np.random.default_rng(0))
-    assert v.lg.num_nodes() == v.g.num_edges() < b.g.num_edges()
-    src, dst = (t.numpy() for t in v.g.edges())
-    e1, e2 = _line_graph(src, dst, v.g.num_nodes())
-    want = dict(zip(zip(e1.tolist(), e2.tolist()), bond_cosines(v.g.edata["r"].numpy(), e1, e2).tolist()))
-    got = dict(zip(zip(*[t.tolist() for t in v.lg.edges()]), v.lg.edata["cos"].tolist()))
+    assert v.line.num_nodes() == v.graph.num_edges() < b.graph.num_edges()
+    src, dst = (t.numpy() for t in v.graph.edges())
+    e1, e2 = _line_graph(src, dst, v.graph.num_nodes())
+    want = dict(zip(zip(e1.tolist(), e2.tolist()), bond_cosines(v.graph.edata["r"].numpy(), e1, e2).tolist()))
+    got = dict(zip(zip(*[t.tolist() for t in v.line.edges()]), v.line.edata["cos"].tolist()))
     assert set(got) == set(want)
     assert all(abs(got[k] - want[k]) < 1e-5 for k in want)
-    assert torch.equal(v.lg.batch_num_nodes(), v.g.batch_num_edges())
+    assert torch.equal(v.line.batch_num_nodes(), v.graph.batch_num_edges())
 
 
 def test_concat_batches_keeps_crystals_in_order(cartnet_batch):
@@ -150,11 +150,11 @@ def test_concat_batches_keeps_crystals_in_order(cartnet_batch):
 
     v = drop_edges(cartnet_batch, 0.1, np.random.default_rng(0))
     both = concat_batches(cartnet_batch, v)
-    g = cartnet_batch.g
-    assert both.num_graphs == 2 * cartnet_batch.num_graphs and both.g.batch_size == 2 * g.batch_size
-    assert torch.equal(both.g.batch_num_nodes(), torch.cat([g.batch_num_nodes(), v.g.batch_num_nodes()]))
-    assert torch.equal(both.g.ndata["Z"], torch.cat([g.ndata["Z"], g.ndata["Z"]]))
-    assert both.g.num_edges() == g.num_edges() + v.g.num_edges()
+    g = cartnet_batch.graph
+    assert both.num_graphs == 2 * cartnet_batch.num_graphs and both.graph.batch_size == 2 * g.batch_size
+    assert torch.equal(both.graph.batch_num_nodes(), torch.cat([g.batch_num_nodes(), v.graph.batch_num_nodes()]))
+    assert torch.equal(both.graph.ndata["Z"], torch.cat([g.ndata["Z"], g.ndata["Z"]]))
+    assert both.graph.num_edges() == g.num_edges() + v.graph.num_edges()
 
 
 # ---- objectives on encoders ----------------------------------------------------------------------------------
@@ -439,9 +439,9 @@ def _spy(enc):
 def _adjacency_reference(adj_head, zn, b, weights=(0.1, 1, 1, 1, 1, 1)):
     """Weighted NLL over every ordered pair (i, j) of each crystal, i = j included; target = clean edges j -> i,
     clamped to 5; logits from the nn.Bilinear module itself."""
-    src, dst = (t.numpy() for t in b.g.edges())
+    src, dst = (t.numpy() for t in b.graph.edges())
     rows_i, rows_j, target, start = [], [], [], 0
-    for n in b.g.batch_num_nodes().tolist():
+    for n in b.graph.batch_num_nodes().tolist():
         m = np.zeros((n, n), dtype=int)
         np.add.at(m, (dst[(dst >= start) & (dst < start + n)] - start, src[(dst >= start) & (dst < start + n)] - start), 1)
         for i in range(n):
@@ -465,13 +465,13 @@ def test_unate_loss_matches_the_spec_recomputed(sample_structures):
     obj = build_objective("unate", {"dim": 16}, enc.embedding_dim)
     calls = _spy(enc)
     parts = obj.loss(enc, b)
-    n_atoms, n_edges, z = b.g.num_nodes(), b.g.num_edges(), b.g.ndata["Z"]
+    n_atoms, n_edges, z = b.graph.num_nodes(), b.graph.num_edges(), b.graph.ndata["Z"]
     (ae, ae_mask, h_ae), (pair, pair_mask, h_pair) = calls
     # corruption: 10% of the batch's atoms to the mask token (row 0), 10% of the edges dropped, per view
-    assert ae_mask is None and int((ae.g.ndata["Z"] == 0).sum()) == round(0.1 * n_atoms)
-    assert ae.g.num_edges() == n_edges - round(0.1 * n_edges)
-    assert int((pair.g.ndata["Z"] == 0).sum()) == 2 * round(0.1 * n_atoms)
-    assert pair.g.num_edges() == 2 * (n_edges - round(0.1 * n_edges)) and pair.num_graphs == 2 * b.num_graphs
+    assert ae_mask is None and int((ae.graph.ndata["Z"] == 0).sum()) == round(0.1 * n_atoms)
+    assert ae.graph.num_edges() == n_edges - round(0.1 * n_edges)
+    assert int((pair.graph.ndata["Z"] == 0).sum()) == 2 * round(0.1 * n_atoms)
+    assert pair.graph.num_edges() == 2 * (n_edges - round(0.1 * n_edges)) and pair.num_graphs == 2 * b.num_graphs
     # node head: per-atom L2-normalised embeddings -> Linear(d, 119), cross-entropy vs the clean Z
     zn = h_ae / h_ae.norm(dim=1, keepdim=True)
     assert obj.node_head.out_features == 119
@@ -479,7 +479,7 @@ def test_unate_loss_matches_the_spec_recomputed(sample_structures):
     # adjacency: targets from the clean graph
     assert abs(_adjacency_reference(obj.adj_head, zn, b) - float(parts["adjacency"])) < 1e-4
     # NT-Xent: mean-pool -> projector, L2-normalised, T = 0.07, each anchor against its 2B - 2 negatives
-    sizes = b.g.batch_num_nodes().tolist()
+    sizes = b.graph.batch_num_nodes().tolist()
     pools = [torch.stack([x.mean(0) for x in torch.split(h, sizes)]) for h in (h_pair[:n_atoms], h_pair[n_atoms:])]
     p = torch.nn.functional.normalize(torch.cat([obj.projector(q) for q in pools]), dim=1)
     sim, B = p @ p.t() / 0.07, len(sizes)
@@ -508,21 +508,21 @@ def test_crysatom_loss_matches_the_spec_recomputed(sample_structures, normalize)
     obj = build_objective("crysatom", opts, enc.embedding_dim)
     calls = _spy(enc)
     parts = obj.loss(enc, b)
-    sizes = b.g.batch_num_nodes().tolist()
+    sizes = b.graph.batch_num_nodes().tolist()
     (clean, clean_mask, h), views = calls[0], calls[1:]
     # adjacency and features on the clean graph (no corruption)
     assert clean is b and clean_mask is None and len(views) == 2
     zn = h / h.norm(dim=1, keepdim=True)
     assert abs(_adjacency_reference(obj.adj_head, zn, b) - float(parts["adjacency"])) < 1e-4
-    bits = feat.table[b.g.ndata["Z"]]
+    bits = feat.table[b.graph.ndata["Z"]]
     assert obj.feat_head.out_features == 92 and set(torch.unique(bits).tolist()) <= {0.0, 1.0}
     bce = torch.nn.functional.binary_cross_entropy_with_logits(obj.feat_head(zn), bits)
     assert abs(float(bce) - float(parts["features"])) < 1e-6
     # views: 10% of each crystal's atoms zeroed (at least one), 10% of each atom's neighbour edges dropped
-    deg = torch.bincount(b.g.edges()[1], minlength=b.g.num_nodes())
+    deg = torch.bincount(b.graph.edges()[1], minlength=b.graph.num_nodes())
     for v, mask, _ in views:
         assert [int(m.sum()) for m in torch.split(mask, sizes)] == [max(1, round(0.1 * n)) for n in sizes]
-        lost = deg - torch.bincount(v.g.edges()[1], minlength=b.g.num_nodes())
+        lost = deg - torch.bincount(v.graph.edges()[1], minlength=b.graph.num_nodes())
         assert torch.equal(lost, torch.from_numpy(np.rint(0.1 * deg.numpy()).astype(np.int64)))
     # Barlow Twins: mean-pool -> softplus -> Linear(F, 128) -> softplus -> projector; each view's outputs
     # L2-normalised as the reference does (AtomVectorExtractor.py:192-194); BN without affine;
@@ -559,7 +559,7 @@ def test_uniform_extraction_matches_per_crystal_recomputation(sample_structures)
     with torch.no_grad():
         for g in gs:  # one crystal at a time, no corruption
             one = collate([(g, None)])
-            for zz, row in zip(one.g.ndata["Z"].tolist(), enc(one).node.double()):
+            for zz, row in zip(one.graph.ndata["Z"].tolist(), enc(one).node.double()):
                 per_element.setdefault(zz, []).append(row / row.norm())  # per-atom L2 normalisation
     assert set(vectors) == {ELEMENTS[zz] for zz in per_element}
     for zz, rows in per_element.items():
@@ -659,7 +659,7 @@ def test_crysatom_keeps_the_lowest_training_loss_epoch_and_each_elements_last_ba
 
     def spy(self, encoder, batch):
         parts = real(self, encoder, batch)
-        seen.append((encoder.training, self.extraction_nodes.clone(), batch.g.ndata["Z"].clone(),
+        seen.append((encoder.training, self.extraction_nodes.clone(), batch.graph.ndata["Z"].clone(),
                      float(parts["total"])))
         return parts
 
@@ -706,7 +706,7 @@ def test_mean_extraction_matches_hand_computation(sample_structures):
     with torch.no_grad():
         for g in gs:
             one = collate([(g, None)])
-            for zz, row in zip(one.g.ndata["Z"].tolist(), enc(one).node.double()):
+            for zz, row in zip(one.graph.ndata["Z"].tolist(), enc(one).node.double()):
                 rows.setdefault(zz, []).append(row)
     for zz, rs in rows.items():
         mean = torch.stack(rs).mean(0)
@@ -726,7 +726,7 @@ def test_unate_ablations_are_registered_and_compute_their_branches(sample_struct
     assert {"unate-ae", "unate-contrastive", "unate-barlow", "unate-dgi"} <= set(OBJECTIVES)
     structs, key = sample_structures
     b = collate([(g, None) for g in load_graphs(structs[:6], "cartnet", key=key, progress=False)])
-    n_atoms, sizes = b.g.num_nodes(), b.g.batch_num_nodes().tolist()
+    n_atoms, sizes = b.graph.num_nodes(), b.graph.batch_num_nodes().tolist()
     pool = lambda h: torch.stack([x.mean(0) for x in torch.split(h, sizes)])  # noqa: E731
     for name, n_calls in (("unate-ae", 1), ("unate-contrastive", 1), ("unate-barlow", 3), ("unate-dgi", 3)):
         torch.manual_seed(0)
@@ -749,8 +749,8 @@ def test_unate_ablations_are_registered_and_compute_their_branches(sample_struct
             assert abs(float(barlow_twins(p1, p2, 0.0051)) - float(parts["ssl"])) < 1e-4
         else:  # DGI: clean graph vs the same graph with its atoms' identities shuffled
             (clean, _, h), (neg, _, h_neg) = calls[1], calls[2]
-            assert clean is b and torch.equal(torch.sort(neg.g.ndata["Z"]).values, torch.sort(b.g.ndata["Z"]).values)
-            assert not torch.equal(neg.g.ndata["Z"], b.g.ndata["Z"]) and neg.g.num_edges() == b.g.num_edges()
+            assert clean is b and torch.equal(torch.sort(neg.graph.ndata["Z"]).values, torch.sort(b.graph.ndata["Z"]).values)
+            assert not torch.equal(neg.graph.ndata["Z"], b.graph.ndata["Z"]) and neg.graph.num_edges() == b.graph.num_edges()
             s = torch.sigmoid(pool(h))
             seg = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
             W, bias = obj.discriminator.weight[0], obj.discriminator.bias[0]

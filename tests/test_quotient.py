@@ -94,15 +94,15 @@ def test_non_equitable_partition_is_refused():
 def test_quotient_batch_weights_add_up(real_graphs):
     b = collate([(gd, 0.0) for gd in real_graphs[:8]], quotient=True)
     q = b.q
-    assert int(q.g.ndata["n"].sum()) == b.g.num_nodes()
-    assert int(q.g.edata["n"].sum()) == b.g.num_edges()
-    assert int(q.lg.edata["n"].sum()) == b.lg.num_edges()
+    assert int(q.g.ndata["n"].sum()) == b.graph.num_nodes()
+    assert int(q.g.edata["n"].sum()) == b.graph.num_edges()
+    assert int(q.lg.edata["n"].sum()) == b.line.num_edges()
     assert torch.equal(q.g.batch_num_nodes().clamp(max=1), torch.ones(8, dtype=torch.int64))
     # the multiplicities entering a representative atom add up to its in-degree
     indeg_q = torch.zeros(q.g.num_nodes()).index_add_(0, q.g.edges()[1], q.g.edata["w"])
-    indeg = b.g.in_degrees().float()
+    indeg = b.graph.in_degrees().float()
     assert torch.allclose(indeg_q[q.atom_class], indeg)
-    assert torch.equal(q.g.ndata["Z"][q.atom_class], b.g.ndata["Z"])
+    assert torch.equal(q.g.ndata["Z"][q.atom_class], b.graph.ndata["Z"])
 
 
 def test_weighted_batch_norm_equals_batch_norm_on_repeated_rows():
@@ -136,7 +136,7 @@ def _pair(structs, seed=0):
 def test_alignn_on_the_quotient_is_the_same_function(real_graphs):
     items = [(gd, 0.0) for gd in real_graphs[:12]]
     bf, bq = collate(items), collate(items, quotient=True)
-    assert bq.q.lg.num_edges() < bf.lg.num_edges() / 1.5
+    assert bq.q.lg.num_edges() < bf.line.num_edges() / 1.5
     full, quot = _pair(items)
     for mode in ("train", "eval"):
         full.train(mode == "train"), quot.train(mode == "train")
@@ -161,7 +161,7 @@ def test_atom_mask_takes_the_full_graphs(real_graphs):
     bf, bq = collate(items), collate(items, quotient=True)
     full, quot = _pair(items)
     full.eval(), quot.eval()
-    mask = torch.zeros(bf.g.num_nodes(), dtype=torch.bool)
+    mask = torch.zeros(bf.graph.num_nodes(), dtype=torch.bool)
     mask[::3] = True
     with torch.no_grad():
         assert torch.equal(full(bf, atom_mask=mask).pred, quot(bq, atom_mask=mask).pred)
@@ -210,7 +210,7 @@ def test_every_encoder_that_claims_the_quotient_computes_the_same_function(name)
     bf, bq = collate(items), collate(items, quotient=True)
     torch.manual_seed(0)
     full = build_encoder(name, build_featurizer("cgcnn"))
-    with torch.no_grad():  # away from the initialisation, where e.g. MEGNet's output barely depends on its state
+    with torch.no_grad():  # away from the initialisation, where e.graph. MEGNet's output barely depends on its state
         for p in full.parameters():
             p.normal_(0.0, 0.2)
     quot = copy.deepcopy(full)
