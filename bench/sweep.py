@@ -710,8 +710,15 @@ class _StopOnSignals:
         self._old: dict[int, Any] = {}
         self._old_env: str | None = None
         self._main = threading.current_thread() is threading.main_thread()  # handlers belong to the main thread
+        self._pid = os.getpid()
 
     def _stop(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:
+            # a forked child (the graph builders' process pool) inherits this handler: a pool ends its workers
+            # with SIGTERM, which must end them quietly, not raise a KeyboardInterrupt traceback in each
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         self.signum = signum
         raise KeyboardInterrupt
 

@@ -790,3 +790,22 @@ def test_a_signal_mid_sweep_stops_cleanly_and_says_how_to_resume(tmp_path, stub_
     assert len(stub_ray["claims"]) == 4 and not list((store / "claims").glob("*.json"))  # claims released
     assert signal.getsignal(signal.SIGINT) is guard_signals and signal.getsignal(signal.SIGTERM) is guard_signals
     assert os.environ.get("TUNE_DISABLE_SIGINT_HANDLER") == tune_env
+
+
+def test_a_forked_child_ends_quietly_on_sigterm():
+    # the graph builders' process pool forks inside the sweep; a pool ends its workers with SIGTERM, which must
+    # kill them, not raise the sweep's KeyboardInterrupt (a traceback per worker in `make run`)
+    import os
+    import signal
+
+    with sweep._StopOnSignals():
+        pid = os.fork()
+        if pid == 0:  # the child
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except BaseException:
+                os._exit(3)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
