@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH := $(VENV)/bin/bench
 
-.PHONY: run test test-all install benchmark-env clean
+.PHONY: run test test-all test-nodgl install benchmark-env clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,25 @@ test-all: $(VENV)/.installed
 	@$(VENV)/bin/pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+# The DGL-free stack (pyproject's Python 3.13 markers: current torch, numpy 2, no DGL) in its own venv, fast
+# tests only: every encoder on the plain-torch message passing (bench.graphops), the DGL interop tests skipped.
+PYTHON313 ?= $(firstword $(shell command -v python3.13) $(wildcard /root/.pyenv/versions/3.13*/bin/python))
+VENV313 ?= .venv313
+
+$(VENV313)/.installed: pyproject.toml
+	@test -n "$(PYTHON313)" || { echo "no Python 3.13 found: set PYTHON313=/path/to/python3.13"; exit 1; }
+	$(PYTHON313) -m venv $(VENV313)
+	$(VENV313)/bin/python -m pip install -q --upgrade pip
+	$(VENV313)/bin/python -m pip install -q -e '.[test]'
+	$(VENV313)/bin/python -m pip install -q --no-deps --ignore-requires-python 'elementembeddings==0.8.0'
+	touch $@
+
+test-nodgl: $(VENV313)/.installed
+	@$(VENV313)/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('dgl') is not None)" \
+		|| { echo "dgl is installed in $(VENV313): not the DGL-free stack"; exit 1; }
+	@$(VENV313)/bin/pytest -m "not slow"; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
 # Peers for benchmarks/ (alignn's DGL graph builder and model); never a runtime dependency. --no-deps: alignn's
 # own pins would replace torch/dgl/numpy. alignn.graphs imports only runtime dependencies (jarvis-tools, pandas,
 # torch, dgl, tqdm); alignn.models.alignn also needs pydantic-settings (pure Python).
@@ -41,4 +60,4 @@ benchmark-env: $(VENV)/.installed
 	$(PY) -c "import alignn.graphs, alignn.models.alignn"
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VENV313) build *.egg-info

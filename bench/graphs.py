@@ -524,6 +524,11 @@ def _host_dgl(graph):
     """The DGL form of an index-view graph, on the host (the PyPI DGL build has no CUDA), cached on the graph."""
     host = graph._cache.get("host")
     if host is None:
+        from bench.graphops import dgl_available
+
+        if not dgl_available():
+            raise ImportError("batch.g / batch.lg are DGL graphs, and dgl cannot be imported here; use batch.graph "
+                              "/ batch.line (bench.graphops.Graph: the same graphs as index tensors)")
         host = graph.dgl() if graph.device.type == "cpu" else graph.to("cpu").dgl()
         graph._cache["host"] = host
     return host
