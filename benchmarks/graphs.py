@@ -6,7 +6,9 @@ On N random real JARVIS dft_3d 2021 structures (seed 0) this times, one process,
   for alignn (a DGL graph and line graph with bond cosines, what alignn's builder returns);
 * ``alignn.graphs.Graph.atom_dgl_multigraph`` (neighbor_strategy="k-nearest", cutoff 8, max_neighbors 12,
   use_canonize=True, compute_line_graph=True, atom_features="atomic_number": its cheapest featurisation) on
-  jarvis-tools ``Atoms`` of the same structures (Choudhary & DeCost, npj Comput Mater 7, 185, 2021).
+  jarvis-tools ``Atoms`` of the same structures (Choudhary & DeCost, npj Comput Mater 7, 185, 2021);
+* ``alignn.torch_graph_builder.build_pure_torch_graph`` (two-body cutoff 8, max_neighbors 12, line graph), the
+  DGL-free builder alignn 2026 pairs with its pure-torch model (timed only: its neighbour rule differs).
 
 It then checks that both ALIGNN graphs hold the same edges, per structure, as multisets of
 (src, dst, distance rounded to 1e-3 Å), and the same bond-angle cosines (multiset rounded to 1e-3). alignn stores
@@ -156,6 +158,17 @@ def main(argv=None) -> int:
                                              atom_features="atomic_number", compute_line_graph=True,
                                              use_canonize=True)
 
+        try:  # the DGL-free builder that alignn 2026 recommends (its graphs feed alignn_atomwise_pure)
+            from alignn.torch_graph_builder import build_pure_torch_graph
+
+            def pure(a):
+                return build_pure_torch_graph(a, two_body_cutoff=8.0, max_neighbors=12,
+                                              atom_features="atomic_number", compute_line_graph=True)
+
+            _, times, wall = _time_each(pure, jatoms)
+            result["alignn_2026.8.11_pure_torch"] = _stats(times, wall)
+        except Exception as e:  # noqa: BLE001  (an optional peer: report, do not fail the benchmark)
+            result["alignn_2026.8.11_pure_torch"] = {"error": f"{type(e).__name__}: {e}"}
         peer_graphs, times, wall = _time_each(peer, jatoms)
         result["alignn_2026.8.11"] = {
             **_stats(times, wall), "edges": int(sum(g.num_edges() for g, _ in peer_graphs)),
@@ -207,6 +220,11 @@ def main(argv=None) -> int:
         r = result["alignn_2026.8.11"]
         print(f"{'alignn 2026.8.11 k-nearest':<26}{r['structures_per_s']:>14}{r['median_ms']:>12}{r['edges']:>12}"
               f"{r['line_graph_edges']:>12}")
+        pr = result["alignn_2026.8.11_pure_torch"]
+        if "error" in pr:
+            print(f"alignn pure-torch builder: {pr['error']}")
+        else:
+            print(f"{'alignn 2026.8.11 pure-torch':<26}{pr['structures_per_s']:>14}{pr['median_ms']:>12}")
         c = result["comparison"]
         print(f"speedup (ALIGNN graph + line graph + cosines, DGL out): {c['speedup_total']}x total, "
               f"{c['speedup_median']}x median per structure")

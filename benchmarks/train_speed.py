@@ -8,13 +8,20 @@ per step once graphs are cached) as a share of the step, and the peak memory (CP
 increase during training; CUDA: ``max_memory_allocated``). Each encoder runs in its own subprocess so that the
 peak-memory numbers do not mix.
 
-For ALIGNN it also builds ``alignn.models.alignn.ALIGNN`` (alignn package, installed with ``make benchmark-env``)
+For ALIGNN it also times alignn 2026's DGL-free ``alignn.models.alignn_atomwise_pure.ALIGNNAtomWisePure`` at the
+same width on the same graphs (what ALIGNN users pick today; other weights, so timing only). And it builds
+``alignn.models.alignn.ALIGNN`` (alignn package, installed with ``make benchmark-env``)
 at the same width, loads the same weights into both (``ALIGNN.convert_reference_state_dict``), checks that the
 parameter counts match and that both give the same predictions on the same batch, then times forward + backward
 of both on the same batches, interleaved, and prints the ratio of the medians. Ours runs as training runs it, on
 the symmetry-reduced graphs (``bench.quotient``: the same function, one representative per class of atoms, bonds
 and triplets); it is also timed on the full graphs, so both figures are printed. The reduction depends on how
 symmetric the structures are, so it is printed for the sample used.
+
+On CPU with DGL importable, every encoder is also timed with both message-passing implementations
+(``bench.graphops``: DGL's kernels, the CPU default, and plain torch, the GPU and no-DGL path), interleaved on the
+same batches: collate + forward + backward per step (the DGL graph is built from the batch's index tensors on
+first use, as in training), and the ratio of the medians is printed.
 
     python benchmarks/train_speed.py                    # 256 dft_3d structures, batch 64, 1 thread
     python benchmarks/train_speed.py --encoders alignn --steps 10 --threads 1
@@ -170,7 +177,34 @@ def worker(args) -> dict:
     }
     if name == "alignn" and not args.no_reference:
         res["reference"] = compare_alignn(model, chunks, args, device)
+    from bench import graphops
+
+    if device == "cpu" and graphops.dgl_available():
+        res["implementations"] = compare_implementations(model, chunks, quotient, loss_fn, args.steps)
     return res
+
+
+def compare_implementations(model, chunks, quotient: bool, loss_fn, steps: int) -> dict:
+    """Collate + forward + backward with DGL's kernels and with plain torch, interleaved on the same batches."""
+    import torch
+
+    from bench import graphops
+    from bench.graphs import collate
+
+    names = ("dgl", "torch")
+    times: dict[str, list[float]] = {n: [] for n in names}
+    model.train()
+    for k in range(steps + 1):  # step 0 is warm-up
+        for impl in (names if k % 2 else names[::-1]):  # alternate the order: no systematic cache advantage
+            with graphops.use_implementation(impl):
+                t = time.perf_counter()
+                batch = collate(chunks[k % len(chunks)], quotient=quotient)
+                model.zero_grad(set_to_none=True)
+                loss_fn(model(batch).pred, batch.y).backward()
+                if k:
+                    times[impl].append(time.perf_counter() - t)
+    d, t = (statistics.median(times[n]) for n in names)
+    return {"step_median_s_dgl": d, "step_median_s_torch": t, "torch_over_dgl": t / d}
 
 
 def compare_alignn(model, chunks, args, device) -> dict:
@@ -205,6 +239,10 @@ def compare_alignn(model, chunks, args, device) -> dict:
         lg.edata["h"] = lg.edata["cos"]
         return g, lg, None
 
+    # alignn 2026's DGL-free model at the same width, fed the same graphs (timed only: other weights)
+    from gpu_check import as_torchgraphs, pure_alignn
+
+    pure = pure_alignn(c, feat.dim)
     # ours as training runs it (symmetry-reduced graphs, bench.quotient) and on the full graphs
     batches = [collate(ch, quotient=True).to(device) for ch in chunks]
     full = [dataclasses.replace(b, q=None) for b in batches]
@@ -219,19 +257,30 @@ def compare_alignn(model, chunks, args, device) -> dict:
         "ours_full_graphs": lambda b, k: model(full[k]).pred,
         "reference": lambda b, k: ref(ref_input(full[k])),
     }
+    if not isinstance(pure, str):
+        pure = pure.to(device).train()
+        tgs = [as_torchgraphs(b, feat) for b in full]
+        runs["pure_torch"] = lambda b, k: pure((*tgs[k], None))["out"]
     times: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
     for k in range(args.steps + 1):
         i = k % len(batches)
-        for name in names[k % 3:] + names[: k % 3]:  # rotate the order: no systematic cache advantage
+        for name in names[k % len(names):] + names[: k % len(names)]:  # rotate: no systematic cache advantage
             t = time.perf_counter()
             model.zero_grad(set_to_none=True), ref.zero_grad(set_to_none=True)
+            if not isinstance(pure, str):
+                pure.zero_grad(set_to_none=True)
             runs[name](None, i).square().mean().backward()
             sync(device)
             if k:
                 times[name].append(time.perf_counter() - t)
-    o, f, r = (statistics.median(times[n]) for n in names)
+    o, f, r = (statistics.median(times[n]) for n in names[:3])
+    p = statistics.median(times["pure_torch"]) if "pure_torch" in times else None
     return {
+        "pure_torch": pure if isinstance(pure, str) else "ok",
+        "fwd_bwd_median_s_pure_torch": p,
+        "speedup_vs_pure_torch": p / o if p else None,
+        "speedup_vs_pure_torch_full_graphs": p / f if p else None,
         "alignn_version": getattr(alignn, "__version__", "?"),
         "params_ours": n_ours,
         "params_reference": n_ref,
@@ -288,6 +337,12 @@ def main(argv=None) -> int:
               f"{r['step_median_s']:>8.3f} {r['structures_per_s']:>9.1f} {r['collate_median_s']:>9.4f} "
               f"{100 * r['pipeline_share']:>7.1f}% {r['peak_mem_mb']:>8.0f}  {red}")
     for r in results:
+        imp = r.get("implementations")
+        if imp:
+            print(f"{r['encoder']:8} message passing (collate + forward + backward medians): DGL kernels "
+                  f"{imp['step_median_s_dgl']:.3f} s, plain torch {imp['step_median_s_torch']:.3f} s, "
+                  f"torch / DGL {imp['torch_over_dgl']:.2f}x")
+    for r in results:
         ref = r.get("reference")
         if ref is None:
             continue
@@ -301,6 +356,12 @@ def main(argv=None) -> int:
               f"{ref['speedup_full_graphs']:.2f}x); parameters {ref['params_ours']:,} vs {ref['params_reference']:,} "
               f"({'match' if ref['params_match'] else 'MISMATCH'}); max |pred diff| (eval) "
               f"{ref['max_abs_pred_diff_eval']:.2e} ({ref['max_abs_pred_diff_eval_full_graphs']:.2e} full graphs)")
+        if ref.get("fwd_bwd_median_s_pure_torch"):
+            print(f"ALIGNN vs alignn's pure-torch model (alignn_atomwise_pure, same width, same graphs): pure-torch "
+                  f"{ref['fwd_bwd_median_s_pure_torch']:.3f} s, speed-up {ref['speedup_vs_pure_torch']:.2f}x "
+                  f"({ref['speedup_vs_pure_torch_full_graphs']:.2f}x on the full graphs)")
+        elif ref.get("pure_torch") not in (None, "ok"):
+            print(f"alignn pure-torch model: {ref['pure_torch']}")
         if red:
             print("  symmetry reduction of this sample (members per class): "
                   + ", ".join(f"{k} {v:.2f}x" for k, v in red.items())

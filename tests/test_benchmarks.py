@@ -26,3 +26,17 @@ def test_train_speed_reports_alignn_against_the_reference(tmp_path):
     assert ref["max_abs_pred_diff_eval"] < 1e-4 and ref["max_abs_pred_diff_eval_full_graphs"] < 1e-4
     assert res["symmetry_reduced"] and res["symmetry_reduction"]["triplets"] >= 1.0
     assert "speed-up" in proc.stdout and "symmetry reduction of this sample" in proc.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
+    """benchmarks/gpu_check.py is meant for a GPU machine; on CPU (--device cpu) every part but the sweep runs,
+    the device side on plain torch, so the script stays ready. Its parity rows must hold there too."""
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--skip-sweep",
+           "--structures", "8", "--batch-size", "4", "--steps", "1", "--hidden", "16", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert {r["encoder"] for r in res["parity"]} == {"alignn", "cartnet", "cgcnn", "megnet"}
+    assert all(r["ok"] for r in res["parity"]) and len(res["throughput"]["rows"]) >= 4
