@@ -33,14 +33,17 @@ from typing import Any, Iterator, Literal, Sequence
 
 import torch
 
+from bench.cli import UserError
+
 Implementation = Literal["dgl", "torch"]
 IMPLEMENTATIONS = ("auto", "dgl", "torch")
 
 _setting: str = "auto"
 
 
-class GraphOpsError(RuntimeError):
-    """The DGL implementation was asked for where DGL cannot be imported (or a bad setting)."""
+class GraphOpsError(UserError, RuntimeError):
+    """The DGL implementation was asked for where DGL cannot be imported (or a bad setting): the CLI prints the
+    message, no traceback."""
 
 
 @functools.lru_cache(maxsize=1)
