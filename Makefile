@@ -34,7 +34,9 @@ test-all: $(VENV)/.installed
 
 # The DGL-free stack (pyproject's Python 3.13 markers: current torch, numpy 2, no DGL) in its own venv, fast
 # tests only: every encoder on the plain-torch message passing (bench.graphops), the DGL interop tests skipped.
-PYTHON313 ?= $(firstword $(shell command -v python3.13) $(wildcard /root/.pyenv/versions/3.13*/bin/python))
+# the first candidate that really is 3.13 (a pyenv shim for a version that is not active only prints an error)
+PYTHON313 ?= $(shell for p in $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python) $$(command -v python3.13); do \
+	"$$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null && { echo "$$p"; break; }; done)
 VENV313 ?= .venv313
 
 $(VENV313)/.installed: pyproject.toml
