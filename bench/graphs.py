@@ -843,6 +843,16 @@ def _default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _pool_worker_init() -> None:
+    """Graph-builder workers end on SIGTERM, the way a pool stops them, and leave SIGINT to the parent, whatever
+    handlers the parent had installed (a sweep's, Ray's, a test's): an inherited Python handler that returns
+    instead of exiting leaves the worker alive, and ``Pool.terminate`` waiting for it forever."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def build_graphs(structures: Sequence[Structure], spec: str | GraphSpec, *, workers: int | None = None,
                  progress: bool = True, on_error: str = "raise") -> GraphList:
     """Build every graph (in parallel when ``workers`` > 1), no cache."""
@@ -880,7 +890,7 @@ def build_graphs(structures: Sequence[Structure], spec: str | GraphSpec, *, work
 
             ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
             chunk = max(1, min(64, n // (workers * 8)))
-            with ctx.Pool(workers) as pool:
+            with ctx.Pool(workers, initializer=_pool_worker_init) as pool:
                 consume(pool.imap(_build_one, jobs, chunksize=chunk))
     finally:
         if bar is not None:

@@ -578,3 +578,25 @@ def test_empty_input(monkeypatch, tmp_path):
         assert len(out) == 0 and out.skipped == [] and len(G.load_graphs([], name, "empty", progress=False)) == 0
     with pytest.raises(ValueError, match="empty batch"):
         G.collate([])
+
+
+def _handlers() -> tuple:
+    import signal
+
+    return signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+
+
+def test_the_builders_pool_workers_do_not_keep_the_parents_signal_handlers():
+    """A Python SIGTERM handler that returns (a test's guard, Ray's, a sweep's) is inherited by forked pool
+    workers, and a worker that survives SIGTERM leaves Pool.terminate waiting forever (seen once on Python 3.13
+    in CI order): the builders' workers reset SIGTERM to the default and leave SIGINT to the parent."""
+    import multiprocessing as mp
+    import signal
+
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        with mp.get_context("fork").Pool(1, initializer=G._pool_worker_init) as pool:
+            term, intr = pool.apply(_handlers)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert term == signal.SIG_DFL and intr == signal.SIG_IGN
