@@ -20,3 +20,12 @@ def test_committed_leaderboard_matches_committed_records(store, out, n):
     assert count == n if n is not None else count > 0
     problems = check_leaderboard(REPO / store, REPO / out)
     assert not problems, problems
+
+
+def test_readme_headline_is_the_generated_summary_table():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "readme_headline.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, "README.md's headline table is stale: run python scripts/readme_headline.py"
