@@ -72,7 +72,10 @@ SELECTION_TEXT = {
     "train-loss": "the epoch with the lowest mean training loss over its batches (CrysAtom's selection)",
     "last": "the last epoch",
 }
-_NOT_IN_HASH = ("data_dir", "plugins", "device", "checkpoint_seconds")
+# message_passing changes float rounding only (bench.graphops), like the device; precision is hashed when not fp32
+_NOT_IN_HASH = ("data_dir", "plugins", "device", "checkpoint_seconds", "message_passing", "precision")
+PRECISIONS = ("fp32", "bf16")
+MESSAGE_PASSING = ("auto", "dgl", "torch")  # bench.graphops.IMPLEMENTATIONS, without importing torch here
 
 
 class PretrainError(UserError, ValueError):
@@ -106,6 +109,8 @@ class PretrainConfig:
     plugins: tuple[str, ...] = ()
     device: str = "auto"
     checkpoint_seconds: float = 300.0  # also checkpointed at the end of every epoch
+    message_passing: str = "auto"  # auto | dgl | torch (bench.graphops); recorded, not part of the table's key
+    precision: str = "fp32"  # fp32 | bf16 autocast of the training and validation passes; part of the key if bf16
 
     def __post_init__(self) -> None:
         from bench.registry import suggest
@@ -118,6 +123,11 @@ class PretrainConfig:
         if self.extraction is not None and self.extraction not in EXTRACTIONS:
             raise ConfigError("PretrainConfig.extraction: " + suggest(self.extraction, list(EXTRACTIONS),
                                                                       "extraction"))
+        if self.precision not in PRECISIONS:
+            raise ConfigError("PretrainConfig.precision: " + suggest(self.precision, list(PRECISIONS), "precision"))
+        if self.message_passing not in MESSAGE_PASSING:
+            raise ConfigError("PretrainConfig.message_passing: " + suggest(self.message_passing,
+                                                                           list(MESSAGE_PASSING), "value"))
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"PretrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -230,6 +240,8 @@ def resolve(config: PretrainConfig | dict) -> Resolved:
         identity["match_structures"] = True
     if selection == "validation":
         identity["val_fraction"] = config.val_fraction
+    if config.precision != "fp32":  # only when set, so fp32 tables keep the key they had before the option
+        identity["precision"] = config.precision
     # the width the encoder actually has (an encoder without a width option keeps its own)
     if dim is None:
         try:
@@ -431,7 +443,17 @@ def _state_copy(module) -> dict:
 def pretrain(config: PretrainConfig | dict, out: str | Path | None = None, progress: bool = True) -> Path:
     """Pretrain, select the epoch, extract and write the per-element table (JSON with metadata); returns its
     path."""
+    from bench import graphops
+
+    with graphops.use_implementation(as_config(config).message_passing):
+        return _pretrain(config, out, progress)
+
+
+def _pretrain(config: PretrainConfig | dict, out: str | Path | None, progress: bool) -> Path:
     import torch
+
+    from bench import graphops
+    from bench.train import autocast
 
     from bench.devices import resolve_device
     from bench.embeddings import save_table
@@ -512,7 +534,9 @@ def pretrain(config: PretrainConfig | dict, out: str | Path | None = None, progr
             with torch.no_grad():
                 for k, vb in enumerate(val_batches):
                     objective.rng = np.random.default_rng([c.seed, 4, k])
-                    total += float(objective.loss(encoder, vb.to(device))["total"]) * vb.num_graphs
+                    with autocast(device, c.precision):
+                        loss = objective.loss(encoder, vb.to(device))["total"]
+                    total += float(loss) * vb.num_graphs
                     n += vb.num_graphs
         finally:
             encoder.train()
@@ -538,7 +562,8 @@ def pretrain(config: PretrainConfig | dict, out: str | Path | None = None, progr
             idx = batches[step]
             b = collate([(train[i], None) for i in idx]).to(device)
             objective.extraction_nodes = None
-            parts = objective.loss(encoder, b)
+            with autocast(device, c.precision):  # the backward pass runs outside, as torch.autocast asks
+                parts = objective.loss(encoder, b)
             if not isinstance(parts, dict) or "total" not in parts:
                 raise PretrainError(f"objective {c.objective!r}: loss() must return a dict with a 'total' key, "
                                     f"got {type(parts).__name__} {list(parts) if isinstance(parts, dict) else ''}")
@@ -647,6 +672,8 @@ def pretrain(config: PretrainConfig | dict, out: str | Path | None = None, progr
         "config": r.identity,
         "checkpoint": str(ckpt_path),
         "device": str(device),
+        "message_passing": graphops.resolve(device),  # the kernels that ran (c.message_passing: what was asked)
+        "precision": c.precision,  # mean/uniform extraction runs in fp32; last-batch reads the training passes
         "wall_time_s": round(time.time() - t0, 2),
     }
     save_table(out, vectors, meta)

@@ -758,3 +758,41 @@ def test_unate_ablations_are_registered_and_compute_their_branches(sample_struct
             negs = ((h_neg @ W) * s[seg]).sum(1) + bias
             want = -(torch.nn.functional.logsigmoid(pos).sum() + torch.nn.functional.logsigmoid(-negs).sum())
             assert abs(float(want) / (2 * n_atoms) - float(parts["ssl"])) < 1e-5
+
+
+def test_pretraining_precision_and_message_passing_are_applied_and_recorded(tmp_path, monkeypatch, one_thread):
+    """bf16 runs the objective's loss under autocast and is another table; fp32 keeps the key it had before the
+    option existed; message_passing picks the kernels, is recorded and never changes the key."""
+    import bench.pretrain as bp
+    from bench.embeddings import load_table
+    from bench.objectives.crysatom import CrysAtom
+
+    cfg = {**SMALL, "epochs": 1}
+    assert "precision" not in bp.resolve(cfg).identity  # fp32: the key of tables made before the option
+    assert bp.table_path({**cfg, "precision": "fp32", "message_passing": "torch"}) == bp.table_path(cfg)
+    assert bp.table_path({**cfg, "precision": "bf16"}) != bp.table_path(cfg)
+    with pytest.raises(bp.ConfigError, match="Did you mean 'bf16'"):
+        bp.PretrainConfig(**{**cfg, "precision": "bf61"})
+    with pytest.raises(bp.ConfigError, match="message_passing"):
+        bp.PretrainConfig(**{**cfg, "message_passing": "cuda"})
+
+    seen = []
+    real = CrysAtom.loss
+
+    def spy(self, encoder, batch):
+        from bench import graphops
+
+        seen.append((torch.is_autocast_cpu_enabled(), graphops.current_setting()))
+        return real(self, encoder, batch)
+
+    monkeypatch.setattr(CrysAtom, "loss", spy)
+    table = load_table(bp.pretrain(bp.PretrainConfig(**cfg, precision="bf16", message_passing="torch"),
+                                   out=tmp_path / "bf16.json", progress=False))
+    assert seen and all(s == (True, "torch") for s in seen)
+    assert table.meta["precision"] == "bf16" and table.meta["message_passing"] == "torch"
+    assert table.meta["config"]["precision"] == "bf16"
+    assert all(np.isfinite(v).all() for v in table.vectors.values())
+    seen.clear()
+    fp32 = load_table(bp.pretrain(bp.PretrainConfig(**cfg), out=tmp_path / "fp32.json", progress=False))
+    assert seen and not any(s[0] for s in seen)
+    assert fp32.meta["precision"] == "fp32" and fp32.meta["message_passing"] in ("dgl", "torch")

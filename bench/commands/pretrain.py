@@ -47,6 +47,11 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--message-passing", choices=("auto", "dgl", "torch"), default="auto",
+                   help="graph kernels: DGL's on CPU where it imports, plain torch elsewhere (auto); recorded in "
+                        "the table, not part of its cache key")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: bfloat16 autocast of the training and validation passes (part of the cache key)")
     p.add_argument("--out", help="table path (default: the cache, cache_dir()/tables/<objective>-<hash>.json, "
                                  "reused when it exists)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an objective option")
@@ -81,6 +86,8 @@ def run(args) -> int:
         "data_dir": args.data_dir,
         "seed": args.seed,
         "device": args.device,
+        "message_passing": args.message_passing,
+        "precision": args.precision,
         "objective_options": key_values(args.set, "--set"),
         "encoder_options": key_values(args.encoder_set, "--encoder-set"),
         "plugins": tuple(getattr(args, "plugins", []) or []),
