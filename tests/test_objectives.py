@@ -781,8 +781,9 @@ def test_pretraining_precision_and_message_passing_are_applied_and_recorded(tmp_
 
     def spy(self, encoder, batch):
         from bench import graphops
+        from bench.encoders.layers import _autocast_on
 
-        seen.append((torch.is_autocast_cpu_enabled(), graphops.current_setting()))
+        seen.append((_autocast_on(torch.device("cpu")), graphops.current_setting()))
         return real(self, encoder, batch)
 
     monkeypatch.setattr(CrysAtom, "loss", spy)
