@@ -23,6 +23,9 @@ def headline() -> str:
             break
         table.append(line)
     records = list((ROOT / "leaderboard" / "reference-cpu" / "records").glob("*.json"))
+    anchors = [f"- {page.stem}: {line.removeprefix('Reference anchor: ')}"
+               for page in sorted((ROOT / "leaderboard").glob("*.md"))
+               for line in page.read_text(encoding="utf-8").splitlines() if line.startswith("Reference anchor:")]
     return "\n".join([
         START,
         f"Change of CGCNN's test MAE against one-hot (negative = better), copied from "
@@ -30,6 +33,8 @@ def headline() -> str:
         "cells with one seed carry no significance test yet (the task pages give means, stds and seeds):",
         "",
         *table,
+        *(["", "Anchor checks against published MAEs on the same split (from the task pages):", "", *anchors]
+          if anchors else []),
         END,
     ])
 
