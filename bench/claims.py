@@ -2,7 +2,8 @@
 
 Before launching a trial, a sweep's driver creates ``<store>/claims/<run_id>.json`` with ``O_CREAT | O_EXCL`` (atomic
 on local file systems and NFSv3+), holding its host, pid, a per-sweep token and the time. Another sweep that finds
-the file skips that trial ("running in another sweep"). The owner refreshes the file's mtime every
+the file skips that trial ("claimed by another live sweep"). A sweep claims every trial it will run when it starts,
+so a second sweep runs only what the first does not plan to. The owner refreshes the file's mtime every
 ``HEARTBEAT_S`` and removes its claims when it ends. A claim is stale, and taken over, when its owner is a dead
 process on this host, or when it has not been refreshed for ``LEASE_S`` (its driver died on another host). Stdlib
 only: the driver uses it before Ray starts.

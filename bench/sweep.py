@@ -935,7 +935,7 @@ def _sweep(plan: SweepPlan, claims: ClaimSet, stop: _StopOnSignals, grid: list[d
         else:
             todo.append(c)
     skipped = len(configs) - len(todo) - busy
-    running = f"{busy} running in another sweep; " if busy else ""
+    running = f"{busy} claimed by another live sweep (running or queued there); " if busy else ""
     print(f"[sweep] {len(configs)} trials in the grid; {skipped} already in {plan.store}; {running}"
           f"launching {len(todo)}", file=sys.stderr)
     if not todo:

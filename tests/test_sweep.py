@@ -744,8 +744,8 @@ def test_a_second_sweep_skips_the_trials_a_live_sweep_is_running(tmp_path, stub_
     assert [sweep.planned_run_id(c) for c in stub_ray["todo"]] == rids[2:]
     assert stub_ray["claims"] == sorted(rids)  # its own two claimed while they run
     assert sorted(p.stem for p in (store / "claims").glob("*.json")) == sorted(rids[:2])  # its own released
-    assert "4 trials in the grid; 0 already in" in err and "2 running in another sweep; launching 2" in err
-    assert "2 running in another sweep on this store" in err.splitlines()[-1]
+    assert "4 trials in the grid; 0 already in" in err and "2 claimed by another live sweep (running or queued there); launching 2" in err
+    assert "2 left to another live sweep on this store" in err.splitlines()[-1]
     # the other sweep died (its pid is gone): its claims are stale and taken over
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

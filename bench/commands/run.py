@@ -117,7 +117,7 @@ def main(args) -> int:
     except SweepInterrupted as e:  # Ray is already shut down; no leaderboard from a partial sweep
         print(f"[sweep] {e}", file=sys.stderr)
         return e.exit_code
-    busy = (f", {res.busy} running in another sweep on this store (run the same command again after it ends)"
+    busy = (f", {res.busy} left to another live sweep on this store (run the same command again after it ends)"
             if res.busy else "")
     print(f"[sweep] finished: {len(res.results)} trial(s) ran, {res.skipped} skipped (already recorded), "
           f"{len(res.failed)} failed{busy}", file=sys.stderr)
