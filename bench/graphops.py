@@ -34,9 +34,9 @@ from typing import Any, Iterator, Literal, Sequence
 import torch
 
 from bench.cli import UserError
+from bench.settings import MESSAGE_PASSING as IMPLEMENTATIONS  # one list for training, pretraining and this module
 
 Implementation = Literal["dgl", "torch"]
-IMPLEMENTATIONS = ("auto", "dgl", "torch")
 
 _setting: str = "auto"
 

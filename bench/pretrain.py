@@ -49,6 +49,7 @@ import numpy as np
 
 from bench.cli import UserError
 from bench.config import ConfigError, canonical, config_hash, from_dict, to_dict
+from bench.settings import MESSAGE_PASSING, PRECISIONS
 from bench.paths import atomic_path, cache_dir
 
 DEFAULT_CORPUS = ("dft_3d_2021", "megnet", "perov5", "carbon24")
@@ -74,8 +75,6 @@ SELECTION_TEXT = {
 }
 # message_passing changes float rounding only (bench.graphops), like the device; precision is hashed when not fp32
 _NOT_IN_HASH = ("data_dir", "plugins", "device", "checkpoint_seconds", "message_passing", "precision")
-PRECISIONS = ("fp32", "bf16")
-MESSAGE_PASSING = ("auto", "dgl", "torch")  # bench.graphops.IMPLEMENTATIONS, without importing torch here
 
 
 class PretrainError(UserError, ValueError):
@@ -453,11 +452,10 @@ def _pretrain(config: PretrainConfig | dict, out: str | Path | None, progress: b
     import torch
 
     from bench import graphops
-    from bench.train import autocast
-
     from bench.devices import resolve_device
     from bench.embeddings import save_table
     from bench.graphs import collate, load_graphs
+    from bench.train import autocast
     r = resolve(config)
     c = r.config
     out = Path(out) if out is not None else cache_dir() / "tables" / f"{c.objective}-{cache_key(r)}.json"

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from bench.config import ConfigError
 from bench.registry import suggest
 
+# The choices that training (TrainSettings) and pretraining (bench.pretrain.PretrainConfig) share.
+MESSAGE_PASSING = ("auto", "dgl", "torch")  # bench.graphops' implementations
+PRECISIONS = ("fp32", "bf16")
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -45,8 +49,8 @@ class TrainSettings:
         for key, allowed in (("optimizer", ("sgd", "adam", "adamw")),
                              ("scheduler", ("onecycle", "cosine", "step", "none")),
                              ("loss", ("mse", "l1")),
-                             ("message_passing", ("auto", "dgl", "torch")),
-                             ("precision", ("fp32", "bf16"))):
+                             ("message_passing", MESSAGE_PASSING),
+                             ("precision", PRECISIONS)):
             v = getattr(self, key)
             if v not in allowed:
                 raise ConfigError(f"TrainSettings.{key}: " + suggest(v, list(allowed), key))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from bench.commands import key_values
+from bench.settings import MESSAGE_PASSING, PRECISIONS
 
 
 def _csv(text: str | None) -> tuple[str, ...] | None:
@@ -47,10 +48,10 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--message-passing", choices=("auto", "dgl", "torch"), default="auto",
+    p.add_argument("--message-passing", choices=MESSAGE_PASSING, default="auto",
                    help="graph kernels: DGL's on CPU where it imports, plain torch elsewhere (auto); recorded in "
                         "the table, not part of its cache key")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: bfloat16 autocast of the training and validation passes (part of the cache key)")
     p.add_argument("--out", help="table path (default: the cache, cache_dir()/tables/<objective>-<hash>.json, "
                                  "reused when it exists)")
