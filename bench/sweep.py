@@ -232,6 +232,10 @@ class SweepPlan:
     address: str | None = None
     device: str = "auto"
     data_dir: str | None = None
+    # tasks whose validation and test structures the pretraining corpus also leaves out: the suite's own tasks
+    # when --tasks picks others or a subset, so that a subset run finds (and pools with) the suite's tables
+    # instead of pretraining a table of its own for hours
+    also_exclude: tuple[str, ...] = ()
 
 
 def check_names(encoders: tuple[str, ...], objectives: tuple[str, ...], tasks: tuple[str, ...]) -> None:
@@ -385,11 +389,13 @@ def trial_configs(plan: SweepPlan, tables: dict[str, Path],
 
 def pretrain_config(plan: SweepPlan, objective: str) -> dict:
     """The ensure_table config for one objective: the suite's pretraining budget; the corpus excludes the
-    validation and test structures of every evaluated task (the leakage rule in protocol.md)."""
+    validation and test structures of every evaluated task (the leakage rule in protocol.md) and of the suite's
+    own tasks when the command line changed them (``plan.also_exclude``)."""
     s = plan.suite
+    exclude = list(s.tasks) + [t for t in plan.also_exclude if t not in s.tasks]
     cfg: dict[str, Any] = {
         "objective": objective,
-        "exclude_tasks": list(s.tasks),
+        "exclude_tasks": exclude,
         "data_dir": plan.data_dir if plan.data_dir is not None else s.data_dir,
         "plugins": list(plan.plugins),
         "seed": 0,
@@ -887,7 +893,11 @@ def pretrain_tables(plan: SweepPlan, progress: bool = True) -> dict[str, Path]:
                 continue
             except TableError as e:
                 print(f"[sweep] stored table {stored} is unreadable ({e}); pretraining again", file=sys.stderr)
-        print(f"[sweep] pretraining table for objective {obj!r} (cached when already built)", file=sys.stderr)
+        others = sorted(p.name for p in (plan.store / "tables").glob(f"{obj}-*.json") if p.resolve() != stored)
+        note = (f"; the store's {', '.join(others)} came from another pretraining config (budget, corpus, "
+                f"left-out tasks or code version)" if others else "")
+        print(f"[sweep] pretraining table for objective {obj!r}, corpus without the val/test structures of "
+              f"{', '.join(cfg['exclude_tasks']) or 'no task'} (cached when already built){note}", file=sys.stderr)
         cached = Path(ensure_table(cfg, progress=progress))
         kept = stored  # named by the content key, as the cache file
         if not kept.exists() or kept.read_bytes() != cached.read_bytes():

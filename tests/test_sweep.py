@@ -660,7 +660,9 @@ def test_failed_trials_are_reported_and_set_the_exit_code(monkeypatch, capsys, t
 def test_match_structures_flag_reaches_the_suite(tmp_path):
     from bench.cli import build_parser
     from bench.commands.run import build_plan
+    from bench.plugins import load_builtins
 
+    load_builtins()  # as bench.cli.main does (run alone, this test would see empty registries)
     base = ["run", "--encoder", "cgcnn", "--objective", "crysatom", "--store", str(tmp_path)]
     plain = build_plan(build_parser().parse_args(base))
     matched = build_plan(build_parser().parse_args(base + ["--match-structures"]))
@@ -668,6 +670,30 @@ def test_match_structures_flag_reaches_the_suite(tmp_path):
     assert plain.suite.match_structures is True and matched.suite.match_structures is True
     assert ids_only.suite.match_structures is False
     assert sweep.pretrain_config(ids_only, "crysatom")["match_structures"] is False
+
+
+def test_a_task_subset_pretrains_on_the_suites_corpus(tmp_path):
+    """`bench run --suite quick --tasks <one of its tasks>` must find the suite's table: the corpus leaves out the
+    val/test structures of every suite task, not only the ones this run evaluates (else a subset run silently
+    pretrains a new table for hours, and its records do not pool with the suite's). A task from outside the
+    suite is left out as well."""
+    from bench.cli import build_parser
+    from bench.commands.run import build_plan
+    from bench.plugins import load_builtins
+    from bench.pretrain import canonical_identity
+
+    load_builtins()
+    base = ["run", "--suite", "quick", "--encoder", "cgcnn", "--objective", "crysatom", "--store", str(tmp_path)]
+    full = build_plan(build_parser().parse_args(base))
+    subset = build_plan(build_parser().parse_args(base + ["--tasks", "dft_3d_optb88vdw_bandgap"]))
+    assert subset.suite.tasks == ("dft_3d_optb88vdw_bandgap",)
+    pf, ps = sweep.pretrain_config(full, "crysatom"), sweep.pretrain_config(subset, "crysatom")
+    assert sorted(ps["exclude_tasks"]) == sorted(full.suite.tasks)
+    assert canonical_identity(ps) == canonical_identity(pf)
+    other = build_plan(build_parser().parse_args(base + ["--tasks", "dft_3d_mbj_bandgap"]))
+    po = sweep.pretrain_config(other, "crysatom")
+    assert sorted(po["exclude_tasks"]) == sorted(full.suite.tasks + ("dft_3d_mbj_bandgap",))
+    assert canonical_identity(po) != canonical_identity(pf)
 
 
 def test_progress_line_shows_the_best_validation_mae_never_the_test_mae(capsys):

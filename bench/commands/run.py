@@ -61,9 +61,9 @@ def build_plan(args):
         raise SweepError("--tasks is empty: give task names, comma-separated")
     if getattr(args, "features", None) is not None and not _names(args.features):
         raise SweepError("--features is empty: give featurizer specs, comma-separated (e.g. onehot,published:mat2vec)")
-    suite = load_suite(args.suite)
+    declared = load_suite(args.suite)
     suite = override(
-        suite,
+        declared,
         tasks=_names(args.tasks) or None,
         featurizers=_names(getattr(args, "features", None)) or None,
         fractions=parse_list(args.fractions, float, "--fractions"),
@@ -96,6 +96,7 @@ def build_plan(args):
         address=address,
         device=args.device,
         data_dir=args.data_dir,
+        also_exclude=tuple(t for t in declared.tasks if t not in suite.tasks),
     )
 
 
