@@ -22,14 +22,20 @@ def headline() -> str:
         if not line.startswith("|"):
             break
         table.append(line)
-    records = list((ROOT / "leaderboard" / "reference-cpu" / "records").glob("*.json"))
+    # the count the pages themselves were made from (the index's "Records: N ok"), not the store directory's,
+    # which a running sweep keeps adding to
+    index = (ROOT / "leaderboard" / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"^Records: (\d+) ok", index, re.M)
+    if found is None:
+        raise SystemExit("leaderboard/README.md has no 'Records: N ok' line: regenerate it with bench leaderboard")
+    records = int(found.group(1))
     anchors = [f"- {page.stem}: {line.removeprefix('Reference anchor: ')}"
                for page in sorted((ROOT / "leaderboard").glob("*.md"))
                for line in page.read_text(encoding="utf-8").splitlines() if line.startswith("Reference anchor:")]
     return "\n".join([
         START,
         f"Change of CGCNN's test MAE against one-hot (negative = better), copied from "
-        f"[`leaderboard/SUMMARY.md`](leaderboard/SUMMARY.md) as it stands on {len(records)} committed records; "
+        f"[`leaderboard/SUMMARY.md`](leaderboard/SUMMARY.md) as it stands on {records} committed records; "
         "cells with one seed carry no significance test yet (the task pages give means, stds and seeds):",
         "",
         *table,
@@ -51,7 +57,11 @@ def main() -> int:
         return 2
     new = pattern.sub(lambda _m: headline(), text)
     if args.check:
-        return 0 if new == text else 1
+        if new != text:
+            print("README.md's headline differs from leaderboard/SUMMARY.md: run python scripts/readme_headline.py",
+                  file=sys.stderr)
+            return 1
+        return 0
     if new != text:
         readme.write_text(new, encoding="utf-8")
     return 0
