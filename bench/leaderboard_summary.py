@@ -120,31 +120,19 @@ def _listing(items: list[tuple[str, CellStats]]) -> str:
 
 
 def reading(g: Grid) -> list[str]:
-    """Bullets that state only what the numbers show: counts of significant changes and the extremes."""
+    """What the numbers show, and nothing else: the counts of significant changes, one line per (task, fraction)
+    column naming the significant featurizers, and one table row per featurizer (its counts and largest gain)."""
+    from tabulate import tabulate
+
     filled = list(g.cells.values())
     better = [st for st in filled if _better(st)]
     worse = [st for st in filled if _worse(st)]
+    untested = [st for st in filled if st.p is None]
     lines = [f"- {len(filled)} (featurizer, task, fraction) cells over {len(g.columns)} (task, fraction) "
              f"columns: {len(better)} significantly better than {BASELINE} (lower mean test MAE, p < {ALPHA}), "
              f"{len(worse)} significantly worse, {len(filled) - len(better) - len(worse)} without a significant "
-             f"difference."]
-    for r in g.rows:
-        mine = [(g.columns[j], st) for (row, j), st in sorted(g.cells.items()) if row == r]
-        b = sum(_better(st) for _, st in mine)
-        w = sum(_worse(st) for _, st in mine)
-        untested = sum(st.p is None for _, st in mine)
-        text = (f"- **{r}**: significantly better than {BASELINE} in {b} of {len(mine)} (task, fraction) cells, "
-                f"significantly worse in {w}")
-        if untested:
-            text += f", no paired test in {untested} (fewer than 2 paired seeds or identical differences)"
-        gains = sorted(((st.change, c.task, c.protocol, c.fraction), c, st) for c, st in mine
-                       if st.change is not None and st.change < 0)
-        if gains:
-            _, c, st = gains[0]
-            text += f"; largest gain {pct(st.change)} on {c.where} ({p_text(st.p)})"
-        else:
-            text += f"; its mean test MAE is not below {BASELINE}'s in any cell"
-        lines.append(text + ".")
+             f"difference" + (f" ({len(untested)} of them without a paired test: fewer than 2 seeds paired with "
+                              f"{BASELINE}'s, or identical differences)" if untested else "") + "."]
     for j, c in enumerate(g.columns):
         # most negative change first, so each listing starts with its largest effect
         here = sorted(((st.change or 0.0, r), r, st) for r in g.rows if (st := g.cells.get((r, j))) is not None)
@@ -156,7 +144,21 @@ def reading(g: Grid) -> list[str]:
         if w:
             text += f"; significantly worse: {_listing(w)}"
         lines.append(text + ".")
-    return lines
+    body = []
+    for r in g.rows:
+        mine = [(g.columns[j], st) for (row, j), st in sorted(g.cells.items()) if row == r]
+        gains = sorted(((st.change, c.task, c.protocol, c.fraction), c, st) for c, st in mine
+                       if st.change is not None and st.change < 0)
+        if gains:
+            _, c, st = gains[0]
+            gain = f"{pct(st.change)} ({c.label}; {p_text(st.p)})"
+        else:
+            gain = f"none (mean never below {BASELINE}'s)"
+        body.append([r, f"{sum(_better(st) for _, st in mine)} of {len(mine)}", str(sum(_worse(st) for _, st in mine)),
+                     str(sum(st.p is None for _, st in mine)), gain])
+    table = tabulate(body, headers=["featurizer", "significantly better", "significantly worse", "no paired test",
+                                    "largest gain (cell; p)"], tablefmt="github", disable_numparse=True)
+    return lines + ["", table]
 
 
 def summary_page(secs: list[Section], decimals: dict[str, int]) -> str:
