@@ -133,6 +133,12 @@ def reading(g: Grid) -> list[str]:
              f"{len(worse)} significantly worse, {len(filled) - len(better) - len(worse)} without a significant "
              f"difference" + (f" ({len(untested)} of them without a paired test: fewer than 2 seeds paired with "
                               f"{BASELINE}'s, or identical differences)" if untested else "") + "."]
+    tested = len(filled) - len(untested)
+    if tested:
+        # uncorrected tests, one per cell: say how many false positives chance alone gives
+        lines.append(f"- The tests are not corrected for multiplicity: with {tested} tests at p < {ALPHA}, about "
+                     f"{ALPHA * tested:.1f} would come out significant by chance if no featurizer differed from "
+                     f"{BASELINE}.")
     for j, c in enumerate(g.columns):
         # most negative change first, so each listing starts with its largest effect
         here = sorted(((st.change or 0.0, r), r, st) for r in g.rows if (st := g.cells.get((r, j))) is not None)

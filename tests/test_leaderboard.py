@@ -387,6 +387,7 @@ def test_summary_marks_significance_and_reads_only_the_numbers():
     reading = page.split("### Reading")[1]
     assert ("- 12 (featurizer, task, fraction) cells over 4 (task, fraction) columns: 3 significantly better than "
             "onehot") in reading and "4 significantly worse, 5 without a significant difference." in reading
+    assert "with 12 tests at p < 0.05, about 0.6 would come out significant by chance" in reading
     assert _row(reading, "good")[1:4] == ["3 of 4", "0", "0"]
     assert _row(reading, "good")[4].startswith("-10.0% (dft_3d_formation_energy_peratom, 0.1; p=")
     assert _row(reading, "bad")[1:] == ["0 of 4", "4", "0", "none (mean never below onehot's)"]
