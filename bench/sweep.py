@@ -232,8 +232,8 @@ class SweepPlan:
     address: str | None = None
     device: str = "auto"
     data_dir: str | None = None
-    # tasks whose validation and test structures the pretraining corpus also leaves out: the suite's own tasks
-    # when --tasks picks others or a subset, so that a subset run finds (and pools with) the suite's tables
+    # tasks whose validation and test structures the pretraining corpus also leaves out: the suite file's own
+    # tasks, which --tasks may have replaced by others or a subset, so that a subset run finds (and pools with) the suite's tables
     # instead of pretraining a table of its own for hours
     also_exclude: tuple[str, ...] = ()
 

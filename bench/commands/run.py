@@ -96,7 +96,7 @@ def build_plan(args):
         address=address,
         device=args.device,
         data_dir=args.data_dir,
-        also_exclude=tuple(t for t in declared.tasks if t not in suite.tasks),
+        also_exclude=declared.tasks,  # pretrain_config adds the ones --tasks dropped
     )
 
 
