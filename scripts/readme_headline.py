@@ -36,7 +36,8 @@ def headline() -> str:
         START,
         f"Change of CGCNN's test MAE against one-hot (negative = better), copied from "
         f"[`leaderboard/SUMMARY.md`](leaderboard/SUMMARY.md) as it stands on {records} committed records; "
-        "cells with one seed carry no significance test yet (the task pages give means, stds and seeds):",
+        "* = paired t-test over seeds p < 0.05, uncorrected; a cell with fewer than two seeds carries no test "
+        "(the task pages give means, stds and seeds):",
         "",
         *table,
         *(["", "Anchor checks against published MAEs on the same split (from the task pages):", "", *anchors]
