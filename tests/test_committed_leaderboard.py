@@ -1,5 +1,5 @@
 """The committed leaderboards are exactly what their committed records render to (the records are the truth):
-`leaderboard/` from the reference-cpu store (a sweep that grows over sessions), and the older, smaller quick-cpu
+`leaderboard/` from the reference-cpu store (the complete 216-trial grid of issue 11), and the older, smaller quick-cpu
 protocol in its own store's `leaderboard/`."""
 
 from pathlib import Path
@@ -11,13 +11,13 @@ from bench.leaderboard import check_leaderboard
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("store, out, n", [("leaderboard/reference-cpu", "leaderboard", None),
+@pytest.mark.parametrize("store, out, n", [("leaderboard/reference-cpu", "leaderboard", 216),
                                            ("leaderboard/quick-cpu", "leaderboard/quick-cpu/leaderboard", 60)])
 def test_committed_leaderboard_matches_committed_records(store, out, n):
     records = REPO / store / "records"
     assert records.is_dir(), f"the committed {store} records are missing"
     count = len(list(records.glob("*.json")))
-    assert count == n if n is not None else count > 0
+    assert count == n, f"{store} holds {count} records, expected {n}"
     problems = check_leaderboard(REPO / store, REPO / out)
     assert not problems, problems
 
